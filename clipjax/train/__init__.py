@@ -1,0 +1,1 @@
+"""clipjax.train."""
