@@ -1,0 +1,44 @@
+"""Command-line entry point: `python -m clipjax.main --config configs/x.py[:arg] --workdir DIR`.
+
+Thin by design (STYLE.md §1): parse flags, set JAX options, initialise the distributed runtime
+when configured, and dispatch `config.task` to a `run(config, workdir)` function. Config
+overrides: `--config.optim.lr=3e-4`; a typo is an error with a suggestion (locked config).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file, e.g. configs/quickstart.py:smoke.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (config.json, metrics.jsonl, checkpoints/)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+# task name -> module with `run(config, workdir)`; imported lazily so `--help` stays fast.
+TASKS = {
+  "train": "clipjax.train.loop",
+  "eval": "clipjax.evaluation.task",
+}
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  task = config.get("task", "train")
+  if task not in TASKS:
+    raise app.UsageError(f"Unknown config.task {task!r}; valid tasks: {sorted(TASKS)}.")
+  from clipjax import sharding
+
+  sharding.maybe_initialize_distributed(config.get("distributed", "auto"))
+  importlib.import_module(TASKS[task]).run(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,68 @@
+"""Optimizer: AdamW with linear warmup + cosine decay, path-regex weight-decay masks and freezing.
+
+Config section (`config.optim`):
+  lr, end_lr_frac, warmup_frac, b1, b2, eps, weight_decay, clip_grad_norm,
+  grad_accum_steps, wd_exclude (regexes: no weight decay), frozen (regexes: no update at all).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from clipjax import tree as tree_lib
+
+__all__ = ["LOGIT_SCALE_MAX", "clamp_logit_scale", "make_optimizer", "make_schedule"]
+
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+def make_schedule(optim: Any, total_steps: int) -> optax.Schedule:
+  """Linear warmup for `warmup_frac` of the steps, then cosine to `end_lr_frac * lr`."""
+  warmup = int(round(optim.warmup_frac * total_steps))
+  return optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=optim.lr,
+    warmup_steps=warmup,
+    decay_steps=max(total_steps, warmup + 1),
+    end_value=optim.lr * optim.end_lr_frac,
+  )
+
+
+def make_optimizer(optim: Any, params: Any, total_steps: int) -> optax.GradientTransformation:
+  """Builds the optax chain for `params` (a params-like pytree; only names/shapes are used).
+
+  Frozen leaves (regex `optim.frozen`) get zero updates and no optimizer state; the weight
+  decay mask excludes `optim.wd_exclude` (biases, norms, embeddings, logit scale by default).
+  """
+  schedule = make_schedule(optim, total_steps)
+  wd_mask = jax.tree.map(
+    lambda x: not x, tree_lib.match_mask(params, list(optim.wd_exclude), strict=False)
+  )
+  adamw = optax.adamw(
+    schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay, mask=wd_mask
+  )
+  chain = []
+  if optim.clip_grad_norm:
+    chain.append(optax.clip_by_global_norm(optim.clip_grad_norm))
+  chain.append(adamw)
+  tx = optax.chain(*chain)
+  frozen = list(optim.frozen)
+  if frozen:
+    labels = jax.tree.map(
+      lambda f: "frozen" if f else "train", tree_lib.match_mask(params, frozen, strict=True)
+    )
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx
+
+
+def clamp_logit_scale(params: Any) -> Any:
+  """Clamps `params["logit_scale"]` (a log value) to ln 100, as every reference CLIP does."""
+  if isinstance(params, dict) and "logit_scale" in params:
+    params = dict(params)
+    params["logit_scale"] = jnp.minimum(params["logit_scale"], LOGIT_SCALE_MAX)
+  return params
