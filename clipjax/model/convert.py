@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from clipjax import tree
 from clipjax.model.variants import CLIPConfig, TextConfig, VisionConfig, get_config
 
 __all__ = [
@@ -582,26 +583,6 @@ def _infer_hf(
 # Public API.
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for name, x in flat.items():
-    node = out
-    *parents, leaf = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = x
-  return out
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix[:-1]: tree}
-  out: dict[str, Any] = {}
-  for k, v in tree.items():
-    out.update(_flatten(v, f"{prefix}{k}/"))
-  return out
-
-
 def _convert_in(
   state: dict[str, np.ndarray], config: CLIPConfig, layout: str, where: str
 ) -> dict[str, Any]:
@@ -633,7 +614,7 @@ def _convert_in(
   for r in rows:
     xs = [np.asarray(state[k], dtype=np.float32) for k in r.keys(layout)]
     flat[r.path] = np.array(_to_clipjax(r.kind, layout, xs), order="C", copy=None)
-  return _unflatten(flat)
+  return tree.unflatten_names(flat)
 
 
 def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[CLIPConfig, dict]:
@@ -801,7 +782,7 @@ def export(
   _export_checks(config, layout)
   rows = key_table(config)
   shapes = _param_shapes(config)
-  flat = {k: np.asarray(v, dtype=np.float32) for k, v in _flatten(params).items()}
+  flat = {k: np.asarray(v, dtype=np.float32) for k, v in tree.flatten_with_names(params)}
   want = {r.path for r in rows}
   missing, unexpected = sorted(want - set(flat)), sorted(set(flat) - want)
   mismatched = [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from clipjax import tree
 from clipjax.model import convert
 from clipjax.model.variants import get_config
 
@@ -19,17 +20,8 @@ OC_FILE = OC_DIR / "open_clip_model.safetensors"
 HEADS = {"vision.heads": 2, "text.heads": 2}
 
 
-def _flat(tree, prefix=""):
-  if not isinstance(tree, dict):
-    return {prefix[:-1]: tree}
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}{k}/"))
-  return out
-
-
 def _assert_bit_equal(a: dict, b: dict) -> None:
-  fa, fb = _flat(a), _flat(b)
+  fa, fb = dict(tree.flatten_with_names(a)), dict(tree.flatten_with_names(b))
   assert sorted(fa) == sorted(fb)
   for k in fa:
     assert fa[k].dtype == fb[k].dtype == np.float32, k
@@ -92,7 +84,7 @@ def test_round_trip_single_file_with_logit_bias(tmp_path):
   flat = {
     r.path: rng.normal(size=shapes[r.path]).astype(np.float32) for r in convert.key_table(config)
   }
-  params = convert._unflatten(flat)
+  params = tree.unflatten_names(flat)
   f = convert.export(params, config, tmp_path / "m.safetensors", layout="openai")
   assert f == tmp_path / "m.safetensors"
   config2, params2 = convert.load_checkpoint(f, vision={"heads": 2}, **{"text.heads": 2})
