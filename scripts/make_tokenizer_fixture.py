@@ -24,9 +24,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from clipjax.data.tokenizer import build_bpe  # noqa: E402
+
+def _load_clipjax_tokenizer():
+  """Loads clipjax/data/tokenizer.py alone, so this runs without jax or grain installed."""
+  path = ROOT / "clipjax" / "data" / "tokenizer.py"
+  spec = importlib.util.spec_from_file_location("clipjax_tokenizer_standalone", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+build_bpe = _load_clipjax_tokenizer().build_bpe
 
 CONTEXT_LENGTHS = (77, 8)
 TINY_VOCAB_SIZE = 600

@@ -30,7 +30,6 @@ import functools
 import gzip
 import hashlib
 import html
-import importlib.resources
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -155,7 +154,7 @@ class Tokenizer:
 
     self._args = (merges_path, context_length, sha256, cache_size)
     if merges_path is None:
-      path = Path(str(importlib.resources.files("clipjax.data") / DEFAULT_VOCAB_FILE))
+      path = Path(__file__).with_name(DEFAULT_VOCAB_FILE)
       expected = DEFAULT_VOCAB_SHA256
     else:
       path = Path(merges_path)
@@ -363,9 +362,10 @@ def build_bpe(
 
   Captions go through the same cleaning and word split as `Tokenizer`; HF `tokenizers` learns
   the merges; only the merges are kept, and `Tokenizer(path)` rebuilds the vocabulary CLIP-style
-  (all 256 bytes with and without `</w>`), so no character is ever dropped. `tokenizers` breaks
-  ties between equally frequent pairs in an order that can change from one process to the next,
-  so keep the written file as the artifact rather than rebuilding it.
+  (all 256 bytes with and without `</w>`), so no character is ever dropped. The 256 `x</w>`
+  symbols are registered with the trainer up front so that their ids, and hence the order in
+  which `tokenizers` breaks ties between equally frequent pairs, do not depend on hash order:
+  the same captions give the same file in every process.
 
   Args:
     captions: training captions.
@@ -408,10 +408,12 @@ def build_bpe(
 
   hf = HFTokenizer(models.BPE(end_of_word_suffix=END_OF_WORD))
   hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  ordered = sorted(table)
   trainer = trainers.BpeTrainer(
     vocab_size=N_BASE_SYMBOLS + n_merges,
     min_frequency=min_frequency,
-    initial_alphabet=list(table),
+    special_tokens=[s + END_OF_WORD for s in ordered],
+    initial_alphabet=ordered,
     end_of_word_suffix=END_OF_WORD,
     show_progress=False,
   )

@@ -2,6 +2,7 @@
 
 import gzip
 import html
+import importlib.util
 import json
 import pickle
 import random
@@ -16,7 +17,8 @@ import pytest
 from clipjax.data import tokenizer as tk
 from clipjax.data.tokenizer import Tokenizer, build_bpe
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tokenizer"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "tokenizer"
 GOLDEN = json.loads((FIXTURES / "golden.json").read_text(encoding="utf-8"))
 
 
@@ -187,6 +189,17 @@ def test_build_bpe_is_lossless_and_matches_layout(tmp_path):
   assert tok.decode(tok.encode(text)) == "cats ! zebra 4 2 naïve 🐶 ok ? "
 
 
+def test_build_bpe_reproduces_committed_fixture(tmp_path):
+  pytest.importorskip("tokenizers")
+  spec = importlib.util.spec_from_file_location(
+    "make_tokenizer_fixture", ROOT / "scripts" / "make_tokenizer_fixture.py"
+  )
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  path = build_bpe(script.tiny_corpus(), script.TINY_VOCAB_SIZE, tmp_path / "tiny.txt.gz")
+  assert path.read_bytes() == (FIXTURES / "tiny_merges.txt.gz").read_bytes()
+
+
 def test_build_bpe_errors(tmp_path):
   pytest.importorskip("tokenizers")
   with pytest.raises(ValueError, match=r"vocab_size must be in \[514, 49408\], got 513"):
@@ -199,9 +212,15 @@ def test_build_bpe_errors(tmp_path):
 
 
 def test_import_is_lazy():
+  # Loads the module file alone: its own imports must not pull in ftfy, regex, tokenizers or jax,
+  # and nothing is read from disk until a Tokenizer is built.
+  path = ROOT / "clipjax" / "data" / "tokenizer.py"
   code = (
-    "import sys, clipjax.data.tokenizer; "
-    "print(sorted({'ftfy', 'regex', 'tokenizers', 'jax'} & set(sys.modules)))"
+    "import importlib.util, sys; "
+    f"spec = importlib.util.spec_from_file_location('tok', {str(path)!r}); "
+    "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+    "print(sorted({'ftfy', 'regex', 'tokenizers', 'jax'} & set(sys.modules)), "
+    "m._default_tokenizer.cache_info().currsize)"
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == "[]"
+  assert out.stdout.strip() == "[] 0"
