@@ -324,8 +324,10 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises several types for unsafe or TorchScript archives
     raise CheckpointError(
-      f"{path}: torch.load(weights_only=True) refused it ({type(e).__name__}: {e}); only plain "
-      "tensor state dicts are read (no TorchScript, no arbitrary pickles)"
+      f"{path}: torch.load(weights_only=True) refused it ({type(e).__name__}: "
+      f"{str(e).split('. ')[0]}); only plain tensor state dicts are read, never TorchScript "
+      "archives or arbitrary pickles (load those in torch, e.g. with open_clip, and save the "
+      "state dict with safetensors)"
     ) from e
   if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
     obj = obj["state_dict"]  # open_clip training checkpoints
