@@ -316,12 +316,17 @@ class Tokenizer:
       Decoded text (lower-cased and cleaned, as the tokenizer saw it).
 
     Raises:
-      ValueError: an id is outside `[0, vocab_size)`.
+      TypeError: `ids` are not integers.
+      ValueError: `ids` is not 1-D, or an id is outside `[0, vocab_size)`.
     """
+    ids_l = np.asarray(ids)
+    if ids_l.ndim != 1:
+      raise ValueError(f"ids must be 1-D (one caption), got shape {ids_l.shape}")
+    if ids_l.size and not np.issubdtype(ids_l.dtype, np.integer):
+      raise TypeError(f"ids must be integers, got dtype {ids_l.dtype}")
     parts = []
     n = self.vocab_size
-    for k, raw in enumerate(np.asarray(ids).reshape(-1).tolist()):
-      i = int(raw)
+    for k, i in enumerate(ids_l.tolist()):
       if not 0 <= i < n:
         raise ValueError(f"ids[{k}] = {i} is outside [0, {n})")
       if skip_special_tokens and i == self.eot_id:

@@ -91,6 +91,11 @@ def test_decode_skip_special(default_tok):
   assert default_tok.decode(row).endswith("<end_of_text>" + "!" * (77 - 8))
   with pytest.raises(ValueError, match=r"ids\[1\] = 49408"):
     default_tok.decode([320, 49408])
+  with pytest.raises(ValueError, match=r"ids must be 1-D .* got shape \(1, 77\)"):
+    default_tok.decode(default_tok("a cat"))
+  assert default_tok.decode([]) == ""
+  with pytest.raises(TypeError, match="ids must be integers, got dtype float64"):
+    default_tok.decode([1.5])
 
 
 def test_bad_inputs_name_the_index(default_tok):
