@@ -1,0 +1,498 @@
+"""grain pipelines: source → load/decode/augment → skip bad records → batch → tokenize.
+
+Train (`make_train_iterator`)::
+
+  MapDataset.range(len(source))[process_index::process_count]
+    .shuffle(seed).repeat(num_epochs)          # a new permutation every epoch
+    .random_map(load)                          # decode, crop/flip; bad record → marker
+    .to_iter_dataset(ReadOptions(num_threads))
+    → skip-bad + batch + tokenize              # checkpointable, deterministic
+    → thread prefetch (num_workers=0) or mp_prefetch(num_workers)
+
+yields host-local batches ``{"image": float32 [b, h, w, 3] in [0, 1], "ids": int32 [b, L],
+"index": int32 [b]}`` plus, for corrupted sources, the ground truth ``is_noisy``, ``is_poisoned``,
+``is_backdoor`` (bool [b]) and ``clean_index`` (int32 [b]).
+
+Bad records (undecodable image, missing file, empty/None/non-UTF-8 caption) are skipped, so a
+batch is filled from the next records; they are counted in `PipelineStats`, and a
+`BadRecordsError` naming the first offenders stops the run when the bad fraction exceeds
+``max_bad_fraction`` (checked once at least ``min_records_for_check`` records were read).
+
+Checkpointing: ``TrainIterator.get_state()`` is a JSON-serialisable dict; restoring it with
+``set_state`` reproduces the following batches exactly. The state depends on ``num_workers``
+and ``process_count``: keep both fixed across a resume.
+
+Eval (`iterate_eval`) visits every example of the process's shard exactly once, in order, in
+batches of fixed size; the last batch is padded and ``valid`` (bool [b]) marks real, good
+examples. Every process yields the same number of batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from clipjax.data import transforms
+from clipjax.data.sources import BadRecordError, decode_caption, label_sets_of, source_name
+
+Tokenize = Callable[[list[str]], np.ndarray]
+"""Maps n captions to int32 token ids ``[n, L]``."""
+
+_MAX_LISTED = 10
+
+
+class BadRecordsError(RuntimeError):
+  """Too many bad records: the message names the first offending records."""
+
+
+@dataclasses.dataclass
+class PipelineStats:
+  """Counts of records read and skipped.
+
+  Attributes:
+    seen: records read (good + bad).
+    bad: records skipped as bad.
+    first_bad: the first bad records as (source name, index, reason), at most 10.
+  """
+
+  seen: int = 0
+  bad: int = 0
+  first_bad: list[tuple[str, int, str]] = dataclasses.field(default_factory=list)
+
+  def add(self, seen: int, bad: Sequence[Sequence[Any]]) -> None:
+    self.seen += int(seen)
+    self.bad += len(bad)
+    for rec in bad:
+      if len(self.first_bad) < _MAX_LISTED:
+        self.first_bad.append((str(rec[0]), int(rec[1]), str(rec[2])))
+
+  @property
+  def bad_fraction(self) -> float:
+    return self.bad / self.seen if self.seen else 0.0
+
+  def metrics(self, prefix: str = "data/") -> dict[str, float]:
+    """Scalars for metrics.jsonl."""
+    return {
+      f"{prefix}records_seen": float(self.seen),
+      f"{prefix}bad_records": float(self.bad),
+      f"{prefix}bad_fraction": self.bad_fraction,
+    }
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"seen": self.seen, "bad": self.bad, "first_bad": [list(r) for r in self.first_bad]}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> PipelineStats:
+    return cls(
+      int(d["seen"]), int(d["bad"]), [(str(a), int(b), str(c)) for a, b, c in d["first_bad"]]
+    )
+
+  def check(self, max_bad_fraction: float, min_records: int) -> None:
+    """Raises `BadRecordsError` if more than `max_bad_fraction` of the records were bad."""
+    if self.bad and self.seen >= min_records and self.bad > max_bad_fraction * self.seen:
+      listed = "\n".join(f"  {src}[{idx}]: {why}" for src, idx, why in self.first_bad)
+      raise BadRecordsError(
+        f"{self.bad} of {self.seen} records were bad ({self.bad_fraction:.1%} > "
+        f"max_bad_fraction={max_bad_fraction:.1%}); first offending records:\n{listed}"
+      )
+
+
+class _Load:
+  """index (+ rng) → uint8 example dict, or ``{"_bad": (source, index, reason)}``."""
+
+  def __init__(self, source: Any, image_size: int, augment: transforms.Augment | None):
+    self.source = source
+    self.image_size = int(image_size)
+    self.augment = augment
+    self.name = source_name(source)
+
+  def __call__(self, index: Any, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    index = int(index)
+    if index < 0:
+      return {"_pad": True}
+    where = f"{self.name}[{index}]"
+    try:
+      ex = self.source[index]
+      caption = decode_caption(ex.get("caption"), where)
+      img = transforms.as_uint8_rgb(ex.get("image"), where, min_size=self.image_size)
+      if self.augment is not None and rng is not None:
+        img = transforms.random_resized_crop(img, self.image_size, rng, self.augment)
+      else:
+        img = transforms.resize_center_crop(img, self.image_size)
+    except BadRecordError as e:
+      return {"_bad": (self.name, index, str(e))}
+    out = {k: v for k, v in ex.items() if k not in ("image", "caption")}
+    out["image"] = img
+    out["caption"] = caption
+    out["index"] = index
+    return out
+
+
+class _Collate:
+  """A list of loaded examples → a batch of numpy arrays (tokenizing the captions at once)."""
+
+  def __init__(
+    self,
+    tokenize: Tokenize,
+    image_size: int,
+    *,
+    flag_keys: Sequence[str] = (),
+    label_names: Sequence[str] = (),
+    num_captions: int | None = None,
+    with_text: bool = False,
+  ):
+    self.tokenize = tokenize
+    self.image_size = int(image_size)
+    self.flag_keys = tuple(flag_keys)
+    self.label_names = tuple(label_names)
+    self.num_captions = num_captions
+    self.with_text = with_text
+
+  def _ids(self, texts: list[str]) -> np.ndarray:
+    ids = np.asarray(self.tokenize(texts))
+    if ids.ndim != 2 or ids.shape[0] != len(texts) or not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(
+        f"tokenize must map {len(texts)} captions to an integer array [n, L]; "
+        f"got {ids.dtype} {ids.shape}"
+      )
+    return ids.astype(np.int32)
+
+  def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    real = [("_pad" not in e and "_bad" not in e) for e in examples]
+    s = self.image_size
+    blank = np.zeros((s, s, 3), np.uint8)
+    images = np.stack([e["image"] if r else blank for e, r in zip(examples, real)])
+    captions = [e["caption"] if r else "" for e, r in zip(examples, real)]
+    batch: dict[str, Any] = {
+      "image": images.astype(np.float32) * np.float32(1.0 / 255.0),
+      "ids": self._ids(captions),
+      "index": np.array(
+        [e["index"] if r else e.get("_bad", (0, -1))[1] for e, r in zip(examples, real)],
+        np.int32,
+      ),
+    }
+    if self.flag_keys:
+      for k in self.flag_keys:
+        batch[k] = np.array([bool(e.get(k, False)) for e in examples], np.bool_)
+      batch["clean_index"] = np.array(
+        [e.get("clean_index", e.get("index", -1)) if r else -1 for e, r in zip(examples, real)],
+        np.int32,
+      )
+    if self.label_names:
+      batch["labels"] = {
+        name: np.array(
+          [e.get("labels", {}).get(name, -1) if r else -1 for e, r in zip(examples, real)],
+          np.int32,
+        )
+        for name in self.label_names
+      }
+    if self.num_captions is not None:
+      k = self.num_captions
+      texts, valid = [], []
+      for e, r in zip(examples, real):
+        caps = list(e.get("captions") or [e["caption"]])[:k] if r else []
+        valid.append([True] * len(caps) + [False] * (k - len(caps)))
+        texts.extend(caps + [""] * (k - len(caps)))
+      ids = self._ids(texts)
+      batch["captions_ids"] = ids.reshape(len(examples), k, ids.shape[-1])
+      batch["captions_valid"] = np.array(valid, np.bool_)
+    if self.with_text:
+      batch["caption"] = np.array(captions, dtype=object)
+    return batch
+
+
+class _SkipBadBatchIterator(grain.DatasetIterator):
+  """Pulls loaded examples, skips bad ones, and emits full batches with their bad-record list."""
+
+  def __init__(
+    self,
+    parent: grain.DatasetIterator,
+    batch_size: int,
+    collate: _Collate,
+    max_bad_fraction: float,
+    min_records: int,
+  ):
+    super().__init__(parent)
+    self._batch_size = batch_size
+    self._collate = collate
+    self._max_bad_fraction = max_bad_fraction
+    self._min_records = min_records
+    self._bad_stats = PipelineStats()
+
+  def __next__(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    examples, bad, seen = [], [], 0
+    while len(examples) < self._batch_size:
+      ex = next(self._parent)
+      seen += 1
+      if "_bad" in ex:
+        bad.append(ex["_bad"])
+        self._bad_stats.add(1, [ex["_bad"]])
+        self._bad_stats.check(self._max_bad_fraction, self._min_records)
+      else:
+        self._bad_stats.add(1, [])
+        examples.append(ex)
+    return self._collate(examples), {"seen": seen, "bad": [list(b) for b in bad]}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent": self._parent.get_state(), "stats": self._bad_stats.to_dict()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self._bad_stats = PipelineStats.from_dict(state["stats"])
+
+
+class _SkipBadBatch(grain.IterDataset):
+  def __init__(self, parent: grain.IterDataset, batch_size: int, collate: _Collate, **check):
+    super().__init__(parent)
+    self._batch_size = batch_size
+    self._collate = collate
+    self._check = check
+
+  def __iter__(self) -> _SkipBadBatchIterator:
+    return _SkipBadBatchIterator(
+      self._parent.__iter__(), self._batch_size, self._collate, **self._check
+    )
+
+
+class TrainIterator:
+  """Infinite (or `num_epochs`-long) iterator of host-local train batches.
+
+  Attributes:
+    stats: `PipelineStats` of this process (restored with the state).
+  """
+
+  def __init__(self, it: grain.DatasetIterator, max_bad_fraction: float, min_records: int):
+    self._it = it
+    self._max_bad_fraction = max_bad_fraction
+    self._min_records = min_records
+    self.stats = PipelineStats()
+
+  def __iter__(self) -> TrainIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch, info = next(self._it)
+    self.stats.add(info["seen"], info["bad"])
+    self.stats.check(self._max_bad_fraction, self._min_records)
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """JSON-serialisable position of the iterator (save it with each checkpoint)."""
+    return {"grain": self._it.get_state(), "stats": self.stats.to_dict()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Restores a `get_state` result (same source, seed, num_workers and process layout)."""
+    self._it.set_state(state["grain"])
+    self.stats = PipelineStats.from_dict(state["stats"])
+
+  def close(self) -> None:
+    """Stops worker processes (needed when num_workers > 0)."""
+    close = getattr(self._it, "close", None)
+    if close is not None:
+      close()
+
+
+def _augment(augment: bool | transforms.Augment | None) -> transforms.Augment | None:
+  if augment is True:
+    return transforms.Augment()
+  if augment is False or augment is None:
+    return None
+  if not isinstance(augment, transforms.Augment):
+    raise TypeError(f"augment must be a bool or an Augment, got {type(augment).__name__}")
+  return augment
+
+
+def _check_process(process_index: int, process_count: int) -> None:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(
+      f"need 0 <= process_index < process_count, got {process_index}, {process_count}"
+    )
+
+
+def make_train_iterator(
+  source: Any,
+  *,
+  batch_size: int,
+  image_size: int,
+  tokenize: Tokenize,
+  seed: int,
+  augment: bool | transforms.Augment | None = False,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_workers: int = 0,
+  num_threads: int = 2,
+  prefetch_batches: int = 2,
+  num_epochs: int | None = None,
+  max_bad_fraction: float = 0.01,
+  min_records_for_check: int = 1000,
+) -> TrainIterator:
+  """Builds the training iterator (see module docstring).
+
+  Args:
+    source: a random-access source (`clipjax.data.sources.Source`).
+    batch_size: per-process batch size (batches are always full: drop_remainder).
+    image_size: output side in pixels.
+    tokenize: captions → int32 ids ``[n, L]``.
+    seed: shuffling and augmentation seed (per-epoch permutations derive from it).
+    augment: False/None (resize + centre crop), True (default `Augment`) or an `Augment`.
+    process_index: this process's index; the process reads records
+      ``process_index::process_count``.
+    process_count: number of processes.
+    num_workers: grain worker processes (0: read in this process with `num_threads` threads).
+    num_threads: reader threads per process (or per worker).
+    prefetch_batches: batches prepared ahead in a thread (num_workers == 0 only).
+    num_epochs: None for an infinite stream.
+    max_bad_fraction: stop with `BadRecordsError` above this fraction of bad records.
+    min_records_for_check: the fraction is checked only after this many records.
+
+  Returns:
+    a `TrainIterator` of host-local batches.
+  """
+  _check_process(process_index, process_count)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  n = len(source)
+  shard = len(range(process_index, n, process_count))
+  if shard == 0:
+    raise ValueError(f"{source_name(source)}: process {process_index} gets no records ({n} total)")
+  aug = _augment(augment)
+  min_records = min(int(min_records_for_check), shard)
+  load = _Load(source, image_size, aug)
+  ds = grain.MapDataset.range(n)[process_index::process_count]
+  ds = ds.shuffle(seed=seed).repeat(num_epochs)
+  ds = ds.random_map(load, seed=seed) if aug is not None else ds.map(load)
+  it_ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, 16))
+  )
+  collate = _Collate(tokenize, image_size, flag_keys=tuple(getattr(source, "flag_keys", ()) or ()))
+  it_ds = _SkipBadBatch(
+    it_ds, batch_size, collate, max_bad_fraction=max_bad_fraction, min_records=min_records
+  )
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  elif prefetch_batches > 0:
+    it_ds = grain.experimental.ThreadPrefetchIterDataset(
+      it_ds, prefetch_buffer_size=prefetch_batches
+    )
+  return TrainIterator(iter(it_ds), max_bad_fraction, min_records)
+
+
+class EvalIterable:
+  """Re-iterable eval batches over one process's shard; see `iterate_eval`.
+
+  Attributes:
+    stats: `PipelineStats` of the last (or current) pass.
+    num_batches: batches per pass (equal on every process).
+  """
+
+  def __init__(
+    self,
+    source: Any,
+    *,
+    batch_size: int,
+    image_size: int,
+    tokenize: Tokenize,
+    process_index: int,
+    process_count: int,
+    num_threads: int,
+    num_captions: int | None,
+    with_text: bool,
+    max_bad_fraction: float,
+  ):
+    _check_process(process_index, process_count)
+    n = len(source)
+    self._indices = np.arange(n, dtype=np.int64)[process_index::process_count]
+    per_process = math.ceil(n / process_count)
+    self.num_batches = math.ceil(per_process / batch_size) if n else 0
+    self._padded = self.num_batches * batch_size
+    self._batch_size = batch_size
+    self._load = _Load(source, image_size, None)
+    self._collate = _Collate(
+      tokenize,
+      image_size,
+      flag_keys=tuple(getattr(source, "flag_keys", ()) or ()),
+      label_names=tuple(label_sets_of(source)),
+      num_captions=num_captions,
+      with_text=with_text,
+    )
+    self._num_threads = num_threads
+    self._max_bad_fraction = max_bad_fraction
+    self.stats = PipelineStats()
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def _batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    batch = self._collate(examples)
+    batch["valid"] = np.array([("_pad" not in e and "_bad" not in e) for e in examples], np.bool_)
+    batch["_bad"] = [list(e["_bad"]) for e in examples if "_bad" in e]
+    return batch
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    self.stats = PipelineStats()
+    if self.num_batches == 0:
+      return
+    idx = np.full((self._padded,), -1, np.int64)
+    idx[: self._indices.size] = self._indices
+    ds = grain.MapDataset.source(idx).map(self._load)
+    ds = ds.batch(self._batch_size, batch_fn=self._batch)
+    it = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=self._num_threads, prefetch_buffer_size=2)
+    )
+    for batch in it:
+      bad = batch.pop("_bad")
+      self.stats.add(int(np.sum(batch["index"] >= 0)), bad)
+      yield batch
+    self.stats.check(self._max_bad_fraction, 0)
+
+
+def iterate_eval(
+  source: Any,
+  *,
+  batch_size: int,
+  image_size: int,
+  tokenize: Tokenize,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_threads: int = 2,
+  num_captions: int | None = None,
+  with_text: bool = False,
+  max_bad_fraction: float = 0.01,
+) -> EvalIterable:
+  """Eval batches: every example of this process's shard once, padded final batch.
+
+  Each batch has ``image`` float32 [b, h, w, 3], ``ids`` int32 [b, L], ``index`` int32 [b]
+  (−1 for padding), ``valid`` bool [b], ``labels`` {label set: int32 [b]} when the source has
+  label sets, the ground-truth flags of corrupted sources, and optionally ``captions_ids``
+  int32 [b, num_captions, L] with ``captions_valid`` bool [b, num_captions] (all captions of each
+  image, for retrieval) and ``caption`` (object array of str, `with_text`; keep it on host).
+
+  Args:
+    source: a random-access source.
+    batch_size: per-process batch size.
+    image_size: output side in pixels (resize + centre crop).
+    tokenize: captions → int32 ids ``[n, L]``.
+    process_index: this process; it evaluates records ``process_index::process_count``.
+    process_count: number of processes; all get the same number of batches.
+    num_threads: reader threads.
+    num_captions: if set, also tokenize up to this many captions per image.
+    with_text: include the caption strings.
+    max_bad_fraction: after the pass, raise `BadRecordsError` above this fraction of bad records.
+  """
+  return EvalIterable(
+    source,
+    batch_size=batch_size,
+    image_size=image_size,
+    tokenize=tokenize,
+    process_index=process_index,
+    process_count=process_count,
+    num_threads=num_threads,
+    num_captions=num_captions,
+    with_text=with_text,
+    max_bad_fraction=max_bad_fraction,
+  )

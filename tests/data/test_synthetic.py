@@ -1,0 +1,139 @@
+"""Synthetic shapes world and digits: determinism, held-out splits, captions and pixels agree."""
+
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from clipjax.data.digits import DIGIT_WORDS, DigitsSource
+from clipjax.data.synthetic import COLOURS, POSITIONS, SyntheticShapes, parse_caption
+
+
+def test_deterministic_by_seed_and_index():
+  a = SyntheticShapes("train", image_size=32, seed=3)
+  b = SyntheticShapes("train", image_size=32, seed=3)
+  order = [7, 0, 123, 7]
+  for i in order:
+    ea, eb = a[i], b[i]
+    np.testing.assert_array_equal(ea["image"], eb["image"])
+    assert ea["caption"] == eb["caption"] and ea["labels"] == eb["labels"]
+  # Access order does not matter, and get_text agrees with __getitem__.
+  first = a[123]
+  for i in range(5):
+    a[i]
+  np.testing.assert_array_equal(a[123]["image"], first["image"])
+  assert a.get_text(123)["caption"] == first["caption"]
+  other = SyntheticShapes("train", image_size=32, seed=4)
+  assert any(other[i]["caption"] != a[i]["caption"] for i in range(10))
+  val = SyntheticShapes("val", image_size=32, seed=3)
+  assert any(val[i]["caption"] != a[i]["caption"] for i in range(10))
+
+
+def test_held_out_combos_only_outside_train():
+  train = SyntheticShapes("train", image_size=32, seed=1, num_examples=3000)
+  val = SyntheticShapes("val", image_size=32, seed=1, num_examples=3000)
+  ls = train.label_sets["colour+shape"]
+  assert len(ls.held_out) == 5
+  assert [ls.classnames[k] for k in ls.held_out] == [f"{c} {s}" for c, s in train.held_out_combos]
+  # Every colour and every shape stays in training with other partners.
+  assert len({c for c, _ in train.held_out_combos}) == 5
+  assert len({s for _, s in train.held_out_combos}) == 5
+  train_combos = {train.get_text(i)["labels"]["colour+shape"] for i in range(3000)}
+  val_combos = {val.get_text(i)["labels"]["colour+shape"] for i in range(3000)}
+  assert not train_combos & set(ls.held_out)
+  assert train_combos == set(range(30)) - set(ls.held_out)
+  assert val_combos == set(range(30))
+  explicit = SyntheticShapes("train", held_out=[("red", "star")], num_examples=500)
+  assert explicit.held_out_combos == [("red", "star")]
+  assert all(explicit.get_text(i)["caption"].find("red star") < 0 for i in range(500))
+
+
+def test_captions_name_the_attributes():
+  src = SyntheticShapes("val", image_size=32, seed=0, fills=("solid", "striped"))
+  seen_templates = set()
+  for i in range(200):
+    ex = src.get_text(i)
+    lab = ex["labels"]
+    assert ex["caption"] in ex["captions"] and len(set(ex["captions"])) == len(ex["captions"])
+    seen_templates.add(ex["captions"].index(ex["caption"]))
+    for cap in ex["captions"]:
+      words = parse_caption(cap, src)
+      assert words["colour"] == src.colours[lab["colour"]], cap
+      assert words["shape"] == src.shapes[lab["shape"]], cap
+      assert words["size"] == src.sizes[lab["size"]], cap
+      assert words["pos"] == POSITIONS[lab["position"]], cap
+      assert words["fill"] == (None if lab["fill"] == 0 else "striped"), cap
+      assert " a orange" not in cap and not cap.startswith("a orange")
+  assert len(seen_templates) == 10
+  assert lab["colour+shape"] == lab["colour"] * len(src.shapes) + lab["shape"]
+
+
+def test_pixels_show_colour_position_and_size():
+  """Oracle: the saturated pixels have the labelled colour, lie in the labelled grid cell, and
+  large shapes cover more pixels than small ones."""
+  src = SyntheticShapes("val", image_size=48, seed=0, num_examples=300)
+  palette = np.array([COLOURS[c] for c in src.colours], np.float32)
+  areas = {0: [], 1: []}
+  for i in range(300):
+    ex = src[i]
+    img = ex["image"].astype(np.float32)
+    assert ex["image"].dtype == np.uint8 and ex["image"].shape == (48, 48, 3)
+    sat = img.max(-1) - img.min(-1)
+    fg = sat > 60
+    assert fg.sum() > 20, i
+    mean = img[fg].mean(0)
+    assert int(np.argmin(((palette - mean) ** 2).sum(-1))) == ex["labels"]["colour"], i
+    ys, xs = np.nonzero(fg)
+    cell = 3 * int(ys.mean() * 3 // 48) + int(xs.mean() * 3 // 48)
+    assert cell == ex["labels"]["position"], i
+    areas[ex["labels"]["size"]].append(fg.sum())
+  assert np.median(areas[1]) > 1.8 * np.median(areas[0])
+
+
+def test_shapes_are_distinct_masks():
+  src = SyntheticShapes(
+    "val",
+    image_size=32,
+    shapes=("circle", "square", "triangle", "star", "cross", "diamond", "ring"),
+  )
+  masks = {k: v > 0 for k, v in src._templates.items()}
+  names = list(masks)
+  for a in range(len(names)):
+    for b in range(a + 1, len(names)):
+      ma, mb = masks[names[a]], masks[names[b]]
+      iou = (ma & mb).sum() / (ma | mb).sum()
+      assert iou < 0.85, (names[a], names[b], iou)
+
+
+def test_bad_configuration_errors():
+  with pytest.raises(ValueError, match="shape"):
+    SyntheticShapes(shapes=("circle", "blob"))
+  with pytest.raises(ValueError, match="split"):
+    SyntheticShapes("dev")
+  with pytest.raises(IndexError, match="out of range"):
+    SyntheticShapes(num_examples=3)[3]
+
+
+def test_digits_splits_captions_and_images():
+  parts = {s: DigitsSource(s, image_size=24) for s in ("train", "val", "test")}
+  rows = [
+    set(int(parts[s].get_text(i)["sklearn_index"]) for i in range(len(parts[s]))) for s in parts
+  ]
+  assert sum(len(r) for r in rows) == 1797 and len(set().union(*rows)) == 1797
+  src = parts["val"]
+  assert src.label_sets["digit"].classnames == list(DIGIT_WORDS)
+  for i in range(0, len(src), 25):
+    ex = src[i]
+    d = ex["labels"]["digit"]
+    assert ex["image"].shape == (24, 24, 3) and ex["image"].dtype == np.uint8
+    for cap in ex["captions"]:
+      named = {w for w in re.findall(r"[a-z0-9]+", cap) if w in DIGIT_WORDS or w.isdigit()}
+      assert named in ({DIGIT_WORDS[d]}, {str(d)}), cap
+  np.testing.assert_array_equal(DigitsSource("val", image_size=24)[5]["image"], src[5]["image"])
+
+
+def test_digits_without_sklearn_names_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+  with pytest.raises(ImportError, match=r"pip install clipjax\[digits\]"):
+    DigitsSource("train")
