@@ -136,9 +136,11 @@ def _find_captions(
   rng: np.random.Generator,
   max_scan: int,
   what: str,
+  partial_ok: bool = False,
 ) -> dict[int, list[tuple[int, str]]]:
   """Draws captions of given classes from `source`: ``{class: count}`` → ``{class: [(index,
-  caption)]}``, by label when `source` has `label_set`, else by the class name in the text."""
+  caption)]}``, by label when `source` has `label_set`, else by the class name in the text.
+  With `partial_ok`, fewer than `count` (but at least one) captions per class are accepted."""
   by_label = _has_labels(source, label_set)
   patterns = {c: re.compile(rf"\b{re.escape(classnames[c])}\b", re.IGNORECASE) for c in wanted}
   found: dict[int, list[tuple[int, str]]] = {c: [] for c in wanted}
@@ -159,6 +161,8 @@ def _find_captions(
       need[c] -= 1
       if need[c] == 0:
         del need[c]
+  if partial_ok:
+    need = {c: k for c, k in need.items() if not found[c]}
   if need:
     short = {classnames[c]: wanted[c] - len(found[c]) for c in need}
     raise ValueError(
@@ -399,6 +403,7 @@ class Backdoor(_Wrapper):
         rng,
         max_scan,
         self.name,
+        partial_ok=True,
       )[self.target_class]
     else:
       found = []

@@ -125,7 +125,10 @@ class _Load:
       else:
         img = transforms.resize_center_crop(img, self.image_size)
     except BadRecordError as e:
-      return {"_bad": (self.name, index, str(e))}
+      reason = str(e)
+      if reason.startswith(where + ": "):
+        reason = reason[len(where) + 2 :]
+      return {"_bad": (self.name, index, reason)}
     out = {k: v for k, v in ex.items() if k not in ("image", "caption")}
     out["image"] = img
     out["caption"] = caption
@@ -224,10 +227,15 @@ class _SkipBadBatchIterator(grain.DatasetIterator):
     self._min_records = min_records
     self._bad_stats = PipelineStats()
 
-  def __next__(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  def __next__(self) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
     examples, bad, seen = [], [], 0
     while len(examples) < self._batch_size:
-      ex = next(self._parent)
+      try:
+        ex = next(self._parent)
+      except StopIteration:
+        if seen:  # A dropped partial batch: report its records, then stop.
+          return None, {"seen": seen, "bad": [list(b) for b in bad]}
+        raise
       seen += 1
       if "_bad" in ex:
         bad.append(ex["_bad"])
@@ -276,9 +284,11 @@ class TrainIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch, info = next(self._it)
-    self.stats.add(info["seen"], info["bad"])
-    self.stats.check(self._max_bad_fraction, self._min_records)
+    batch = None
+    while batch is None:
+      batch, info = next(self._it)
+      self.stats.add(info["seen"], info["bad"])
+      self.stats.check(self._max_bad_fraction, self._min_records)
     return batch
 
   def get_state(self) -> dict[str, Any]:

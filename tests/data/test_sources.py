@@ -1,0 +1,185 @@
+"""File sources and converters: CSV/JSONL folders, webdataset tars, array_record, TFDS."""
+
+import importlib.util
+import io
+import json
+import pathlib
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipjax.data import pipeline
+from clipjax.data.sources import (
+  ArrayRecordSource,
+  BadRecordError,
+  FolderSource,
+  Source,
+  TfdsSource,
+  decode_record,
+  encode_record,
+)
+from clipjax.data.transforms import as_uint8_rgb
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _prepare():
+  spec = importlib.util.spec_from_file_location(
+    "prepare_image_text", ROOT / "scripts" / "prepare_image_text.py"
+  )
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.main
+
+
+def _image(i):
+  rng = np.random.default_rng(i)
+  return rng.integers(0, 256, size=(6 + i % 3, 9, 3), dtype=np.uint8)
+
+
+def _png(arr):
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _folder(tmp_path, n=6):
+  (tmp_path / "imgs").mkdir()
+  rows = []
+  for i in range(n):
+    Image.fromarray(_image(i)).save(tmp_path / "imgs" / f"{i}.png")
+    rows.append({"path": f"imgs/{i}.png", "caption": f"picture number {i}, with a comma"})
+  return rows
+
+
+def _check_pairs(src, n, skip=()):
+  """Every image decodes to the array that was written with its caption's number."""
+  assert isinstance(src, Source) and len(src) == n - len(skip)
+  numbers = []
+  for k in range(len(src)):
+    ex = src[k]
+    i = int(ex["caption"].split()[2].rstrip(","))
+    np.testing.assert_array_equal(as_uint8_rgb(ex["image"], "t"), _image(i))
+    numbers.append(i)
+  assert sorted(numbers) == sorted(set(range(n)) - set(skip))
+
+
+def test_csv_and_jsonl_folders_round_trip_through_array_record(tmp_path):
+  rows = _folder(tmp_path)
+  import csv
+
+  with open(tmp_path / "caps.csv", "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, ["path", "caption"])
+    w.writeheader()
+    w.writerows(rows + [{"path": "imgs/missing.png", "caption": "picture number 99"}])
+  with open(tmp_path / "caps.jsonl", "w", encoding="utf-8") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+  folder = FolderSource(tmp_path / "caps.csv")
+  _check_pairs(FolderSource(tmp_path / "caps.jsonl"), 6)
+  with pytest.raises(BadRecordError, match="missing.png"):
+    folder[6]
+  out = tmp_path / "ar"
+  info = _prepare()(
+    ["--input", str(tmp_path / "caps.csv"), "--output", str(out), "--examples_per_shard", "4"]
+  )
+  assert info["written"] == 6 and info["skipped"] == 1
+  assert "missing.png" in info["skipped_examples"][0][1]
+  shards = sorted(p.name for p in out.glob("*.array_record"))
+  assert shards == ["data-00000-of-00002.array_record", "data-00001-of-00002.array_record"]
+  _check_pairs(ArrayRecordSource(out), 6)
+  # The missing file is skipped and counted by the pipeline too.
+  it = pipeline.make_train_iterator(
+    folder,
+    batch_size=2,
+    image_size=8,
+    tokenize=lambda t: np.zeros((len(t), 3), np.int32),
+    seed=0,
+    num_epochs=1,
+    max_bad_fraction=0.5,
+    prefetch_batches=0,
+  )
+  assert sum(len(b["index"]) for b in it) == 6 and it.stats.bad == 1
+
+
+def test_webdataset_tar_to_array_record(tmp_path):
+  tar_path = tmp_path / "shard-000.tar"
+  with tarfile.open(tar_path, "w") as tar:
+
+    def add(name, data):
+      ti = tarfile.TarInfo(name)
+      ti.size = len(data)
+      tar.addfile(ti, io.BytesIO(data))
+
+    for i in range(5):
+      key = f"{i:09d}"
+      add(f"{key}.png", _png(_image(i)))
+      add(f"{key}.txt", f"picture number {i}, from a tar".encode())
+      add(f"{key}.json", json.dumps({"key": key}).encode())
+    add("000000007.png", _png(_image(7)))
+    add("000000008.txt", b"picture number 8 without image")
+    add("000000009.png", _png(_image(9)))
+    add("000000009.txt", b"\xff\xfe not utf-8")
+    add("000000010.jpg", b"garbage bytes")
+    add("000000010.txt", b"picture number 10, undecodable")
+  out = tmp_path / "ar"
+  info = _prepare()(["--input", str(tmp_path), "--output", str(out)])
+  assert info["written"] == 5 and info["skipped"] == 4
+  reasons = " ".join(r for _, r in info["skipped_examples"])
+  assert "no .txt" in reasons and "no image" in reasons and "UTF-8" in reasons
+  assert "decode" in reasons
+  _check_pairs(ArrayRecordSource(str(out / "*.array_record")), 5)
+
+
+def test_record_format_round_trip_and_corruption():
+  rec = encode_record(b"\x01\x02img", "a caption", key="k1")
+  ex = decode_record(rec, "r")
+  assert ex == {"caption": "a caption", "image": b"\x01\x02img", "key": "k1", "meta": {}}
+  with pytest.raises(BadRecordError, match="magic"):
+    decode_record(b"XXXX" + rec[4:], "r")
+  with pytest.raises(BadRecordError, match="length"):
+    decode_record(rec[:-1], "r")
+  with pytest.raises(BadRecordError, match="UTF-8"):
+    decode_record(encode_record(b"img", b"\xff\xff"), "r")
+
+
+def test_tfds_builder_writes_array_record_without_tensorflow(tmp_path):
+  import sys
+
+  _folder(tmp_path)
+  rows = [{"path": f"imgs/{i}.png", "caption": f"picture number {i}, tfds"} for i in range(6)]
+  with open(tmp_path / "caps.jsonl", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  out = tmp_path / "tfds"
+  info = _prepare()(
+    ["--input", str(tmp_path / "caps.jsonl"), "--output", str(out), "--format", "tfds"]
+  )
+  assert info["written"] == 6
+  src = TfdsSource(
+    builder_dir=info["outputs"][0], split="train", caption_key="caption", label_key=None
+  )
+  _check_pairs(src, 6)
+  assert "tensorflow" not in sys.modules
+
+
+def test_tfds_classification_source_with_mock_data():
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=10):
+    src = TfdsSource("mnist", split="train", skip_decoding=False)
+    ls = src.label_sets["label"]
+    assert ls.classnames == [str(d) for d in range(10)]
+    assert len(src) == 10
+    ex = src[3]
+    assert ex["caption"] == f"a photo of a {ls.classnames[ex['labels']['label']]}."
+    batches = list(
+      pipeline.iterate_eval(
+        src, batch_size=4, image_size=8, tokenize=lambda t: np.ones((len(t), 2), np.int32)
+      )
+    )
+    assert len(batches) == 3 and batches[0]["image"].shape == (4, 8, 8, 3)
+    assert batches[0]["labels"]["label"][0] == src[0]["labels"]["label"]
+    with pytest.raises(KeyError, match="no feature 'text'"):
+      TfdsSource("mnist", split="train", caption_key="text", skip_decoding=False)
