@@ -57,6 +57,14 @@ _WORD_PATTERN = (
   + re.escape(EOT_TOKEN)
   + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 )
+# The same split for ASCII-only text (after lower-casing), with the faster stdlib `re`.
+_ASCII_WORD_PATTERN = re.compile(
+  re.escape(SOT_TOKEN)
+  + "|"
+  + re.escape(EOT_TOKEN)
+  + r"""|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+""",
+  re.IGNORECASE,
+)
 # Printable ASCII without '&', plus tab/newline/carriage return. On such text ftfy.fix_text and
 # html.unescape change nothing that survives whitespace folding, so they are skipped.
 _SAFE_ASCII = re.compile(r"[\t\n\r\x20-\x25\x27-\x7e]*")
@@ -266,7 +274,13 @@ class Tokenizer:
     if not isinstance(text, str):
       raise TypeError(f"text must be a str, got {type(text).__name__}")
     word_ids = self._word_ids
-    return [i for word in self._pattern.findall(clean_text(text)) for i in word_ids(word)]
+    return [i for word in self._words(text) for i in word_ids(word)]
+
+  def _words(self, text: str) -> list[str]:
+    cleaned = clean_text(text)
+    if cleaned.isascii():
+      return _ASCII_WORD_PATTERN.findall(cleaned)
+    return self._pattern.findall(cleaned)
 
   def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
     """Tokenizes captions into a padded id matrix.
@@ -292,17 +306,20 @@ class Tokenizer:
         raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
     length = self.context_length if context_length is None else context_length
     length = _check_context_length(length)
-    ids_nl = np.zeros((len(texts), length), np.int32)
     sot, eot = self.sot_id, self.eot_id
-    word_ids, findall = self._word_ids, self._pattern.findall
-    for i, text in enumerate(texts):
+    word_ids, words = self._word_ids, self._words
+    flat, lengths = [], []
+    for text in texts:
       row = [sot]
-      for word in findall(clean_text(text)):
+      for word in words(text):
         row.extend(word_ids(word))
       if len(row) >= length:
-        row = row[: length - 1]
+        del row[length - 1 :]
       row.append(eot)
-      ids_nl[i, : len(row)] = row
+      flat.extend(row)
+      lengths.append(len(row))
+    ids_nl = np.zeros((len(texts), length), np.int32)
+    ids_nl[np.arange(length) < np.asarray(lengths, np.int64)[:, None]] = flat
     return ids_nl
 
   def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:

@@ -124,6 +124,16 @@ def test_ascii_fast_path_equals_ftfy_path():
     assert tk.clean_text(text) == full, repr(text)
 
 
+def test_ascii_word_split_equals_unicode_regex(default_tok):
+  rng = random.Random(1)
+  alphabet = [chr(i) for i in range(128)] + ["'s", "'ll", "<start_of_text>", "<END_OF_TEXT>"]
+  for _ in range(3000):
+    text = tk.clean_text("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20))))
+    assert text.isascii()
+    want = default_tok._pattern.findall(text)
+    assert tk._ASCII_WORD_PATTERN.findall(text) == want, repr(text)
+
+
 def _write_merges(path, lines, header="#version: 0.2"):
   with gzip.open(path, "wt", encoding="utf-8") as f:
     f.write("\n".join([header, *lines]))
