@@ -30,6 +30,7 @@ import functools
 import gzip
 import hashlib
 import html
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -48,6 +49,7 @@ END_OF_WORD = "</w>"
 MAX_MERGES = 49152 - 256 - 2
 N_BASE_SYMBOLS = 512
 DEFAULT_CACHE_SIZE = 1 << 17
+_NO_RANK = 1 << 62
 
 # Words are letter runs, single digits, runs of other non-space symbols, contractions, or the
 # literal special-token strings (open_clip maps those to the special ids).
@@ -160,13 +162,13 @@ class Tokenizer:
   ):
     import regex
 
-    self._args = (merges_path, context_length, sha256, cache_size)
     if merges_path is None:
       path = Path(__file__).with_name(DEFAULT_VOCAB_FILE)
       expected = DEFAULT_VOCAB_SHA256
     else:
-      path = Path(merges_path)
+      path = Path(merges_path).absolute()
       expected = sha256
+    self._args = (None if merges_path is None else str(path), context_length, sha256, cache_size)
     if expected is not None:
       got = _sha256(path)
       if got != expected.lower():
@@ -232,7 +234,7 @@ class Tokenizer:
     word = [*symbols[:-1], symbols[-1] + END_OF_WORD]
     ranks = self._ranks
     while len(word) > 1:
-      best, best_rank = None, len(ranks)
+      best, best_rank = None, _NO_RANK
       for pair in zip(word, word[1:]):
         rank = ranks.get(pair, best_rank)
         if rank < best_rank:
@@ -355,8 +357,8 @@ class Tokenizer:
     data = bytes([decoder[c] for c in "".join(parts)])
     return data.decode("utf-8", errors="replace").replace(END_OF_WORD, " ")
 
-  def cache_info(self) -> functools._CacheInfo:
-    """Hit/miss statistics of the word cache."""
+  def cache_info(self) -> Any:
+    """Hit/miss statistics of the word cache (`functools.lru_cache` `cache_info()`)."""
     return self._word_ids.cache_info()
 
 
@@ -440,8 +442,6 @@ def build_bpe(
     show_progress=False,
   )
   hf.train_from_iterator(words(), trainer=trainer)
-  import json
-
   learned = json.loads(hf.to_str())["model"]["merges"]
   merges = [m.split(" ") if isinstance(m, str) else m for m in learned][:n_merges]
   if len(merges) < n_merges:

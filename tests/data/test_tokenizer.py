@@ -156,6 +156,17 @@ def test_custom_merges_known_ids(tmp_path):
   assert Tokenizer(plain).encode("cat dog") == [513, 515]
 
 
+def test_duplicate_merge_lines_keep_the_later_rank(tmp_path):
+  # As in open_clip: ranks come from dict(zip(merges, range)), so a repeated pair takes its later
+  # rank and its merged symbol appears twice in the vocabulary (the later id wins on encode).
+  path = _write_merges(tmp_path / "d.txt.gz", ["c a", "a t</w>", "c a", "ca t</w>"])
+  tok = Tokenizer(path)
+  assert tok.vocab_size == 518
+  # "a t</w>" (rank 1) beats the repeated "c a" (rank 2): c + at</w>, no "cat</w>".
+  assert tok.encode("cat") == [ord("c") - 0x21, 513]
+  assert tok.encode("cab") == [514, ord("b") - 0x21 + 256]
+
+
 def test_custom_merges_errors(tmp_path):
   bad = _write_merges(tmp_path / "bad.txt.gz", ["c a", "c a t", "d o"])
   with pytest.raises(ValueError, match=r"bad\.txt\.gz: line 3 must hold exactly two"):
