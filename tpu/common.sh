@@ -18,6 +18,7 @@ DRY_RUN=0
 CONFIG_VARS=(
   TPU_NAME ZONE PROJECT ACCELERATOR_TYPE RUNTIME_VERSION BUCKET QR_NAME CREATE_FLAGS
   RUNS_PREFIX REMOTE_DIR VENV_DIR STATE_DIR LOG_DIR PYTHON_VERSION PIP_EXTRAS EXTRA_ENV GIT_URL
+  GCS_MOUNT GCSFUSE_FLAGS
 )
 
 die() {
@@ -57,6 +58,11 @@ load_config() {
   fi
   for v in "${!from_env[@]}"; do printf -v "$v" '%s' "${from_env[$v]}"; done
   ENV_FILE_USED="$env_file"
+  config_defaults
+}
+
+# Fills in the defaults and checks the values (worker side: the only configuration step).
+config_defaults() {
   TPU_NAME="${TPU_NAME:-}"
   ZONE="${ZONE:-}"
   PROJECT="${PROJECT:-}"
@@ -76,6 +82,8 @@ load_config() {
   PIP_EXTRAS="${PIP_EXTRAS-tpu}"
   EXTRA_ENV="${EXTRA_ENV:-}"
   GIT_URL="${GIT_URL:-}"
+  GCS_MOUNT="${GCS_MOUNT:-gcs}"
+  GCSFUSE_FLAGS="${GCSFUSE_FLAGS:-}"
   if [[ ! "$REMOTE_DIR" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$ ]]; then
     die "REMOTE_DIR=$REMOTE_DIR must be a plain relative path under the remote home (it is" \
       "deleted and re-created by tpu/sync.sh), e.g. 'clipjax'."

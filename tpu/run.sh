@@ -71,6 +71,7 @@ on_worker() {
 }
 
 if [[ "${1:-}" == --on-worker ]]; then
+  config_defaults
   shift
   on_worker "$@"
   exit 0

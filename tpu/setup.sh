@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Usage: tpu/setup.sh [--dry-run] [--force]
+# Usage: tpu/setup.sh [--dry-run] [--force] [--no-mount]
 #
 # On every worker of $TPU_NAME: creates the virtual environment ~/$VENV_DIR (Python
-# $PYTHON_VERSION; the TPU images ship 3.10, so it comes from uv when the image lacks it) and
-# runs pip install -e "~/$REMOTE_DIR[$PIP_EXTRAS]". Idempotent: an existing venv is kept and pip
-# runs again only when pyproject.toml or PIP_EXTRAS changed (--force: always). Then checks that
-# jax and libtpu import metadata is there. Run tpu/sync.sh first.
-#   --dry-run   print the gcloud command instead of running it
+# $PYTHON_VERSION; the TPU images ship 3.10, so it comes from uv when the image lacks it), runs
+# pip install -e "~/$REMOTE_DIR[$PIP_EXTRAS]" and checks that clipjax, jax and libtpu are
+# installed. Then mounts gs://$BUCKET read-only at ~/$GCS_MOUNT with gcsfuse (installed with
+# apt if missing): array_record shards are read through this mount, since the array_record
+# reader opens local files only. Idempotent: an existing venv is kept, pip runs again only when
+# pyproject.toml or PIP_EXTRAS changed (--force: always), a mounted bucket is left alone.
+# Run tpu/sync.sh first; run this again after a VM restart (the mount does not survive it).
+#   --no-mount   skip the gcsfuse mount
+#   --dry-run    print the gcloud command instead of running it
 #
 # Worker side (what the ssh command runs): bash ~/$REMOTE_DIR/tpu/setup.sh --on-worker, with
-# VENV_DIR, PYTHON_VERSION, PIP_EXTRAS and FORCE from the environment.
+# VENV_DIR, PYTHON_VERSION, PIP_EXTRAS, FORCE, BUCKET, GCS_MOUNT, GCSFUSE_FLAGS from the
+# environment (an empty BUCKET: no mount).
 set -euo pipefail
 # shellcheck source=tpu/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -85,12 +90,40 @@ if missing:
 EOF
 }
 
+install_gcsfuse() {
+  local repo
+  repo="gcsfuse-$(lsb_release -c -s)"
+  echo "$(hostname): installing gcsfuse ($repo)" >&2
+  curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg |
+    sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null
+  echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt $repo main" |
+    sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null
+  sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse
+}
+
+mount_bucket() {
+  local mnt flags=()
+  mnt="$(abs_path "$GCS_MOUNT")"
+  if mountpoint -q "$mnt"; then
+    echo "$(hostname): gs://$BUCKET already mounted at $mnt" >&2
+    return
+  fi
+  command -v gcsfuse >/dev/null || install_gcsfuse
+  mkdir -p "$mnt"
+  read -r -a flags <<<"${GCSFUSE_FLAGS:-}"
+  gcsfuse --implicit-dirs -o ro "${flags[@]}" "$BUCKET" "$mnt"
+  echo "$(hostname): gs://$BUCKET mounted read-only at $mnt" >&2
+}
+
 if [[ "${1:-}" == --on-worker ]]; then
+  config_defaults
   on_worker
+  if [[ -n "${BUCKET:-}" ]]; then mount_bucket; fi
   exit 0
 fi
 
 force=0
+mount=1
 while (($#)); do
   if common_flag "$1"; then
     shift
@@ -98,6 +131,7 @@ while (($#)); do
   fi
   case "$1" in
     --force) force=1 ;;
+    --no-mount) mount=0 ;;
     *) die "unknown argument '$1' (see $SCRIPT_NAME --help)." ;;
   esac
   shift
@@ -105,5 +139,11 @@ done
 
 load_config
 require TPU_NAME ZONE PROJECT
+mount_bucket_name=""
+if ((mount)); then
+  require BUCKET
+  mount_bucket_name="$BUCKET"
+fi
 on_workers all "$(shell_quote env VENV_DIR="$VENV_DIR" PYTHON_VERSION="$PYTHON_VERSION" \
-  PIP_EXTRAS="$PIP_EXTRAS" FORCE="$force" bash "$REMOTE_DIR/tpu/setup.sh" --on-worker)"
+  PIP_EXTRAS="$PIP_EXTRAS" FORCE="$force" BUCKET="$mount_bucket_name" GCS_MOUNT="$GCS_MOUNT" \
+  GCSFUSE_FLAGS="$GCSFUSE_FLAGS" bash "$REMOTE_DIR/tpu/setup.sh" --on-worker)"

@@ -71,6 +71,7 @@ parse_stop_flag() {
 }
 
 if [[ "${1:-}" == --on-worker ]]; then
+  config_defaults
   shift
   for a in "$@"; do parse_stop_flag "$a" || die "--on-worker: unknown argument '$a'."; done
   on_worker
