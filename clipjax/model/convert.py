@@ -303,6 +303,7 @@ def _from_clipjax(kind: Kind, layout: str, x: np.ndarray) -> list[np.ndarray]:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  import ml_dtypes  # noqa: F401  (a jax dependency; registers numpy's 'bfloat16' for bf16 files)
   from safetensors import SafetensorError
   from safetensors.numpy import load_file
 

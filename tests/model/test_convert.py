@@ -168,6 +168,22 @@ def test_known_buffers_are_ignored(tmp_path):
   _assert_bit_equal(params, ref)
 
 
+def test_half_precision_files_load_as_float32(tmp_path):
+  import ml_dtypes
+
+  state = load_file(str(OC_FILE))
+  half = {
+    k: v.astype(ml_dtypes.bfloat16 if "visual" in k else np.float16) for k, v in state.items()
+  }
+  _, params = convert.load_checkpoint(_write(tmp_path, half), **HEADS)
+  _, ref = convert.load_checkpoint(OC_FILE, **HEADS)
+  flat, flat_ref = dict(tree.flatten_with_names(params)), dict(tree.flatten_with_names(ref))
+  for k, x in flat.items():
+    cast = bf16 if k.startswith("visual") else f16
+    assert x.dtype == np.float32
+    assert np.array_equal(x, flat_ref[k].astype(cast).astype(np.float32)), k
+
+
 def test_data_parallel_prefix_is_stripped(tmp_path):
   state = {f"module.{k}": v for k, v in load_file(str(OC_FILE)).items()}
   _, params = convert.load_checkpoint(_write(tmp_path, state), **HEADS)
