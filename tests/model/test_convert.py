@@ -172,9 +172,8 @@ def test_half_precision_files_load_as_float32(tmp_path):
   import ml_dtypes
 
   state = load_file(str(OC_FILE))
-  half = {
-    k: v.astype(ml_dtypes.bfloat16 if "visual" in k else np.float16) for k, v in state.items()
-  }
+  bf16, f16 = ml_dtypes.bfloat16, np.float16
+  half = {k: v.astype(bf16 if k.startswith("visual") else f16) for k, v in state.items()}
   _, params = convert.load_checkpoint(_write(tmp_path, half), **HEADS)
   _, ref = convert.load_checkpoint(OC_FILE, **HEADS)
   flat, flat_ref = dict(tree.flatten_with_names(params)), dict(tree.flatten_with_names(ref))
