@@ -274,8 +274,15 @@ class TrainIterator:
     stats: `PipelineStats` of this process (restored with the state).
   """
 
-  def __init__(self, it: grain.DatasetIterator, max_bad_fraction: float, min_records: int):
+  def __init__(
+    self,
+    it: grain.DatasetIterator,
+    max_bad_fraction: float,
+    min_records: int,
+    copy_out: bool = False,
+  ):
     self._it = it
+    self._copy_out = copy_out
     self._max_bad_fraction = max_bad_fraction
     self._min_records = min_records
     self.stats = PipelineStats()
@@ -289,6 +296,8 @@ class TrainIterator:
       batch, info = next(self._it)
       self.stats.add(info["seen"], info["bad"])
       self.stats.check(self._max_bad_fraction, self._min_records)
+    if self._copy_out:  # Out of worker shared memory, so that nothing outlives close().
+      batch = {k: np.array(v) for k, v in batch.items()}
     return batch
 
   def get_state(self) -> dict[str, Any]:
@@ -301,10 +310,17 @@ class TrainIterator:
     self.stats = PipelineStats.from_dict(state["stats"])
 
   def close(self) -> None:
-    """Stops worker processes (needed when num_workers > 0)."""
-    close = getattr(self._it, "close", None)
-    if close is not None:
-      close()
+    """Stops prefetch threads and worker processes. Call it (or use ``with``) when done:
+    grain iterators left for interpreter shutdown print spurious errors."""
+    if self._it is not None:
+      self._it.close()
+      self._it = None  # Collect now, while modules are alive (grain's __del__ re-closes).
+
+  def __enter__(self) -> TrainIterator:
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    self.close()
 
 
 def _augment(augment: bool | transforms.Augment | None) -> transforms.Augment | None:
@@ -354,6 +370,9 @@ def make_train_iterator(
       ``process_index::process_count``.
     process_count: number of processes.
     num_workers: grain worker processes (0: read in this process with `num_threads` threads).
+      Each worker builds whole batches from its own slice of the stream, so batches differ
+      from num_workers=0 (still deterministic); the entry script needs a ``__main__`` guard and
+      parsed absl flags, and worker start-up takes seconds.
     num_threads: reader threads per process (or per worker).
     prefetch_batches: batches prepared ahead in a thread (num_workers == 0 only).
     num_epochs: None for an infinite stream.
@@ -389,7 +408,7 @@ def make_train_iterator(
     it_ds = grain.experimental.ThreadPrefetchIterDataset(
       it_ds, prefetch_buffer_size=prefetch_batches
     )
-  return TrainIterator(iter(it_ds), max_bad_fraction, min_records)
+  return TrainIterator(iter(it_ds), max_bad_fraction, min_records, copy_out=num_workers > 0)
 
 
 class EvalIterable:
