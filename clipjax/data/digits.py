@@ -8,6 +8,7 @@ with templates ("a handwritten digit seven", "the number 7", …). Split: a fixe
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,11 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     raise ImportError(
       "the digits source needs scikit-learn: pip install clipjax[digits]  (or scikit-learn)"
     ) from e
+  return _cached_digits(load_digits)
+
+
+@functools.cache
+def _cached_digits(load_digits: Any) -> tuple[np.ndarray, np.ndarray]:
   data = load_digits()
   return np.asarray(data.images, np.float32), np.asarray(data.target, np.int64)
 

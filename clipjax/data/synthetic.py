@@ -42,7 +42,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
   "black": (15, 15, 15),
   "brown": (125, 75, 35),
 }
-SIZES: dict[str, float] = {"small": 0.12, "medium": 0.15, "large": 0.18}
+SIZES: dict[str, float] = {"small": 0.13, "medium": 0.16, "large": 0.19}
 """Shape radius as a fraction of the image side."""
 FILLS = ("solid", "striped")
 POSITIONS = (
