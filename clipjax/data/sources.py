@@ -11,7 +11,9 @@ Every example has:
 Sources that have them also give ``captions`` (every caption of the image, for retrieval) and
 ``labels`` (``{label_set_name: int}``, −1 when not applicable) described by
 ``source.label_sets`` (``{name: LabelSet}``). A source may also offer ``get_text(i)``: the
-example without its image, cheaply (corruption wrappers use it to draw captions).
+example without its image, cheaply (corruption wrappers use it to draw captions), and
+``flag_keys`` (corruption wrappers: the ground-truth flags each example carries, which the
+pipeline turns into batch arrays).
 
 A record that cannot be read (missing file, non-UTF-8 or empty caption) raises `BadRecordError`;
 the pipeline skips and counts those.
