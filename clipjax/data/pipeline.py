@@ -280,9 +280,11 @@ class TrainIterator:
     max_bad_fraction: float,
     min_records: int,
     copy_out: bool = False,
+    layout: dict[str, Any] | None = None,
   ):
     self._it = it
     self._copy_out = copy_out
+    self._layout = dict(layout or {})
     self._max_bad_fraction = max_bad_fraction
     self._min_records = min_records
     self.stats = PipelineStats()
@@ -302,10 +304,23 @@ class TrainIterator:
 
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position of the iterator (save it with each checkpoint)."""
-    return {"grain": self._it.get_state(), "stats": self.stats.to_dict()}
+    return {
+      "grain": self._it.get_state(),
+      "stats": self.stats.to_dict(),
+      "layout": dict(self._layout),
+    }
 
   def set_state(self, state: dict[str, Any]) -> None:
-    """Restores a `get_state` result (same source, seed, num_workers and process layout)."""
+    """Restores a `get_state` result (same source, seed, num_workers and process layout).
+
+    Raises:
+      ValueError: the state was saved under a different layout (names the differing keys).
+    """
+    saved = state.get("layout", {})
+    diff = {k: (saved.get(k), v) for k, v in self._layout.items() if saved.get(k) != v}
+    if diff:
+      listed = ", ".join(f"{k}: saved {a!r} != now {b!r}" for k, (a, b) in sorted(diff.items()))
+      raise ValueError(f"data iterator state does not fit this pipeline ({listed})")
     self._it.set_state(state["grain"])
     self.stats = PipelineStats.from_dict(state["stats"])
 
@@ -408,7 +423,17 @@ def make_train_iterator(
     it_ds = grain.experimental.ThreadPrefetchIterDataset(
       it_ds, prefetch_buffer_size=prefetch_batches
     )
-  return TrainIterator(iter(it_ds), max_bad_fraction, min_records, copy_out=num_workers > 0)
+  layout = {
+    "num_records": n,
+    "batch_size": batch_size,
+    "seed": seed,
+    "process_index": process_index,
+    "process_count": process_count,
+    "num_workers": num_workers,
+  }
+  return TrainIterator(
+    iter(it_ds), max_bad_fraction, min_records, copy_out=num_workers > 0, layout=layout
+  )
 
 
 class EvalIterable:

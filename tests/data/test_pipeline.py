@@ -87,6 +87,9 @@ def test_state_restore_gives_identical_next_batches():
   for x, y in zip(_take(fresh, 4), expected):
     _assert_same(x, y)
   fresh.close()
+  other = _train(src, seed=1)
+  with pytest.raises(ValueError, match=r"seed: saved 0 != now 1"):
+    other.set_state(state)
   assert expected[0]["is_noisy"].dtype == np.bool_
   assert {"is_noisy", "is_poisoned", "is_backdoor", "clean_index"} <= expected[0].keys()
   flags = np.concatenate([x["is_noisy"] for x in expected])
