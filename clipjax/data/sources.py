@@ -368,35 +368,38 @@ def iter_webdataset_tar(
 ) -> Iterator[tuple[bytes, bytes, str]]:
   """Yields ``(image_bytes, caption_bytes, key)`` from a webdataset shard (img2dataset layout).
 
-  Members are grouped by key (the name up to the first dot of the base name): ``key.jpg`` (or
-  png/webp/…) + ``key.txt`` [+ ``key.json``]. Keys without an image or a caption are reported
-  through ``on_bad(key, reason)`` and skipped.
+  Members are grouped by key (the name up to the first dot of the base name), and a key's
+  members must be consecutive, as webdataset requires: ``key.jpg`` (or png/webp/…) +
+  ``key.txt`` [+ ``key.json``]. The shard is streamed, one example in memory at a time. Keys
+  without an image or a caption are reported through ``on_bad(key, reason)`` and skipped.
   """
   path = os.fspath(path)
-  groups: dict[str, dict[str, bytes]] = {}
-  order: list[str] = []
-  with tarfile.open(path, "r:*") as tar:
-    for member in tar:
-      if not member.isfile():
-        continue
-      base = member.name
-      stem, _, ext = os.path.basename(base).partition(".")
-      key = os.path.join(os.path.dirname(base), stem)
-      f = tar.extractfile(member)
-      if f is None:
-        continue
-      if key not in groups:
-        groups[key] = {}
-        order.append(key)
-      groups[key][ext.lower()] = f.read()
-  for key in order:
-    parts = groups[key]
+
+  def flush(key: str, parts: dict[str, bytes]) -> Iterator[tuple[bytes, bytes, str]]:
     img_ext = next((e for e in _IMAGE_EXTS if e in parts), None)
     if img_ext is None or "txt" not in parts:
       if on_bad is not None:
         on_bad(f"{path}:{key}", "no image" if img_ext is None else "no .txt caption")
-      continue
+      return
     yield parts[img_ext], parts["txt"], key
+
+  key, parts = None, {}
+  with tarfile.open(path, "r|*") as tar:
+    for member in tar:
+      if not member.isfile():
+        continue
+      stem, _, ext = os.path.basename(member.name).partition(".")
+      member_key = os.path.join(os.path.dirname(member.name), stem)
+      f = tar.extractfile(member)
+      if f is None:
+        continue
+      if member_key != key:
+        if key is not None:
+          yield from flush(key, parts)
+        key, parts = member_key, {}
+      parts[ext.lower()] = f.read()
+  if key is not None:
+    yield from flush(key, parts)
 
 
 class TfdsSource:
