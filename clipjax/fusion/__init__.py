@@ -1,1 +1,55 @@
-"""clipjax.fusion."""
+"""OT model fusion on parameter pytrees (OTFusion, transformer fusion, HOT-CLIP).
+
+* `spec`: which parameter axes share a transport map (`FusionSpec`, `vit_spec`).
+* `align`: neuron representations, transport maps (exact or Sinkhorn), propagation (`align_params`).
+* `fuse`: weighted averaging of models aligned to an anchor (`fuse`, `fuse_stream`).
+* `hierarchical`: HOT-CLIP's two-level fusion and its baselines.
+"""
+
+from clipjax.fusion.align import (
+  Aligned,
+  AlignOptions,
+  MapInfo,
+  align_params,
+  apply_maps,
+  compute_maps,
+  transport_map,
+  vit_activations,
+  vit_forward,
+)
+from clipjax.fusion.fuse import Fused, FusionAccumulator, fuse, fuse_stream
+from clipjax.fusion.hierarchical import (
+  Hierarchical,
+  direct_average,
+  direct_ot,
+  ensemble_encode_image,
+  hierarchical_fuse,
+)
+from clipjax.fusion.spec import AxisRule, FusionSpec, Group, resolve, vit_spec, vit_spec_for
+
+__all__ = [
+  "AlignOptions",
+  "Aligned",
+  "AxisRule",
+  "Fused",
+  "FusionAccumulator",
+  "FusionSpec",
+  "Group",
+  "Hierarchical",
+  "MapInfo",
+  "align_params",
+  "apply_maps",
+  "compute_maps",
+  "direct_average",
+  "direct_ot",
+  "ensemble_encode_image",
+  "fuse",
+  "fuse_stream",
+  "hierarchical_fuse",
+  "resolve",
+  "transport_map",
+  "vit_activations",
+  "vit_forward",
+  "vit_spec",
+  "vit_spec_for",
+]

@@ -1,0 +1,588 @@
+"""Neuron alignment: representations, transport maps and their propagation through a spec.
+
+OTFusion (Singh & Jaggi, NeurIPS 2020) as used by HOT-CLIP (appendix C.1, eqs. 14-17) and
+extended to transformers by Imfeld et al. (ICLR 2024, HOT-CLIP appendix C.1.2):
+
+1. Walk the spec's groups in order. For a "solve" group, every leaf with `role="out"` for the
+   group gives each unit its incoming weights, after the leaf's other axes were aligned with the
+   maps computed earlier (eq. 14: the previous layer's map on the input side). With
+   `representation="acts"` a unit is instead its activation vector over a small batch (no
+   propagation is needed: both models see the same inputs).
+2. Ground cost between the units of the model and the anchor (`pairwise_cost`: optional
+   L2-normalised rows, squared Euclidean or Euclidean, optional division by the max), uniform
+   marginals, then `transport_map`: exact assignment (scipy's Hungarian solver; fusion runs
+   outside `jit`) or entropic OT (ott-jax Sinkhorn with an explicit ε).
+3. The plan is rescaled to a soft permutation, `map_mn = plan_nmᵀ / column marginal` (rows sum to
+   1, eq. 16), and every axis in the group is contracted with it (`apply_maps`).
+
+Defaults of `AlignOptions` follow HOT-CLIP appendix D: weight vectors, L2-normalised, squared
+Euclidean ground cost, Sinkhorn with τ = ε = 0.08. Dividing the cost by its max (so that ε is
+relative) follows transformer fusion's `normalize by max` [inferred: HOT-CLIP does not say].
+
+Only hard maps recover a permuted model exactly: LayerNorm commutes with permutations of the
+residual stream but not with soft maps (see `clipjax.fusion.spec`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+from ott.geometry import geometry
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import sinkhorn as ott_sinkhorn
+
+from clipjax import tree as tree_lib
+from clipjax.fusion import spec as spec_lib
+
+__all__ = [
+  "AlignOptions",
+  "Aligned",
+  "MapInfo",
+  "align_params",
+  "apply_maps",
+  "compute_maps",
+  "head_transport_maps",
+  "pairwise_cost",
+  "transport_map",
+  "vit_activations",
+  "vit_forward",
+]
+
+ActsFn = Callable[[dict], dict[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignOptions:
+  """How transport maps are computed.
+
+  Attributes:
+    solver: "exact" (Hungarian assignment, hard permutation maps) or "sinkhorn" (entropic OT).
+    epsilon: Sinkhorn regularisation ε (on the cost after `cost_scale`); required for
+      "sinkhorn", ignored by "exact".
+    representation: "weights" (incoming weight vectors) or "acts" (activations; needs an
+      activation function, see `vit_activations`).
+    ground_metric: "sqeuclidean" or "euclidean" between unit representations.
+    normalize: "l2" (unit-norm representations) or "none".
+    cost_scale: "max" (divide the cost by its max, so ε is relative) or "none".
+    threshold: Sinkhorn stopping threshold on the marginal error.
+    max_iterations: Sinkhorn iteration cap.
+  """
+
+  solver: str = "sinkhorn"
+  epsilon: float | None = 0.08
+  representation: str = "weights"
+  ground_metric: str = "sqeuclidean"
+  normalize: str = "l2"
+  cost_scale: str = "max"
+  threshold: float = 1e-6
+  max_iterations: int = 5000
+
+  def __post_init__(self):
+    choices = {
+      "solver": ("exact", "sinkhorn"),
+      "representation": ("weights", "acts"),
+      "ground_metric": ("sqeuclidean", "euclidean"),
+      "normalize": ("l2", "none"),
+      "cost_scale": ("max", "none"),
+    }
+    for field, allowed in choices.items():
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"AlignOptions.{field}={getattr(self, field)!r} is not one of {allowed}")
+    if self.solver == "sinkhorn" and (self.epsilon is None or self.epsilon <= 0):
+      raise ValueError(f"AlignOptions.epsilon={self.epsilon} must be > 0 for solver='sinkhorn'")
+
+
+class MapInfo(NamedTuple):
+  """Diagnostics of one map (host scalars).
+
+  Attributes:
+    size: number of units.
+    transport_cost: <plan, cost> on the (scaled) cost; 0 for a "combine" map.
+    identity_mass: trace(map) / size, the fraction of mass kept in place (1 = identity; the
+      misalignment measure OTFusion logs).
+    converged: Sinkhorn convergence (True for exact assignment and "combine").
+    n_iters: Sinkhorn iterations (0 for exact assignment and "combine").
+  """
+
+  size: int
+  transport_cost: float
+  identity_mass: float
+  converged: bool
+  n_iters: int
+
+
+class Aligned(NamedTuple):
+  """Result of `align_params`.
+
+  Attributes:
+    params: the model's params with the spec's subtree aligned to the anchor.
+    maps: map name -> [m, n] float32 numpy map (rows sum to 1).
+    infos: map name -> `MapInfo`.
+  """
+
+  params: dict
+  maps: dict[str, np.ndarray]
+  infos: dict[str, MapInfo]
+
+
+def pairwise_cost(x_nf: np.ndarray, y_mf: np.ndarray, options: AlignOptions) -> np.ndarray:
+  """Ground cost between unit representations (host numpy, float32).
+
+  Args:
+    x_nf: [n, f] representations of the model's units.
+    y_mf: [m, f] representations of the anchor's units.
+    options: `normalize`, `ground_metric` and `cost_scale` are used.
+
+  Returns:
+    [n, m] float32 cost.
+  """
+  x_nf = np.asarray(x_nf, np.float32)
+  y_mf = np.asarray(y_mf, np.float32)
+  if options.normalize == "l2":
+    x_nf = x_nf / np.maximum(np.linalg.norm(x_nf, axis=1, keepdims=True), 1e-12)
+    y_mf = y_mf / np.maximum(np.linalg.norm(y_mf, axis=1, keepdims=True), 1e-12)
+  sq_n1 = np.sum(x_nf * x_nf, axis=1, keepdims=True)
+  sq_1m = np.sum(y_mf * y_mf, axis=1, keepdims=True).T
+  cost_nm = np.maximum(sq_n1 + sq_1m - 2.0 * (x_nf @ y_mf.T), 0.0)
+  if options.ground_metric == "euclidean":
+    cost_nm = np.sqrt(cost_nm)
+  top = cost_nm.max()
+  if options.cost_scale == "max" and top > 0:
+    cost_nm = cost_nm / top
+  return cost_nm.astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("threshold", "max_iterations"))
+def _sinkhorn(cost_nm: jax.Array, epsilon: jax.Array, *, threshold: float, max_iterations: int):
+  # ott broadcasts implicitly inside; clipjax's tests raise on implicit rank promotion.
+  with jax.numpy_rank_promotion("allow"):
+    geom = geometry.Geometry(cost_matrix=cost_nm, epsilon=epsilon)
+    solver = ott_sinkhorn.Sinkhorn(
+      threshold=threshold, max_iterations=max_iterations, implicit_diff=None
+    )
+    out = solver(linear_problem.LinearProblem(geom))
+    return out.matrix, out.converged, out.n_iters
+
+
+@functools.partial(jax.jit, static_argnames=("threshold", "max_iterations"))
+def _sinkhorn_batch(
+  cost_knm: jax.Array, epsilon: jax.Array, *, threshold: float, max_iterations: int
+):
+  solve = functools.partial(_sinkhorn, threshold=threshold, max_iterations=max_iterations)
+  return jax.vmap(solve, in_axes=(0, None))(cost_knm, epsilon)
+
+
+def _plan_to_map(plan_nm: np.ndarray) -> np.ndarray:
+  """[n, m] plan -> [m, n] map whose rows sum to 1 (OTFusion's marginal correction)."""
+  col_m = plan_nm.sum(axis=0)
+  if np.any(col_m <= 0) or not np.all(np.isfinite(plan_nm)):
+    raise FloatingPointError("transport plan has empty columns or non-finite entries")
+  return (plan_nm / col_m[None, :]).T
+
+
+def _exact_plan(cost_nm: np.ndarray) -> np.ndarray:
+  n, m = cost_nm.shape
+  if n != m:
+    raise ValueError(f"solver='exact' needs equal unit counts, got cost of shape {cost_nm.shape}")
+  rows, cols = scipy.optimize.linear_sum_assignment(cost_nm)
+  plan_nm = np.zeros((n, m), np.float64)
+  plan_nm[rows, cols] = 1.0 / n
+  return plan_nm
+
+
+def _info(map_mn: np.ndarray, plan_nm: np.ndarray, cost_nm: np.ndarray, conv, iters) -> MapInfo:
+  size = map_mn.shape[0]
+  ident = float(np.trace(map_mn) / size) if map_mn.shape[0] == map_mn.shape[1] else float("nan")
+  return MapInfo(size, float(np.sum(plan_nm * cost_nm)), ident, bool(conv), int(iters))
+
+
+def _solve_plan(cost_nm: jax.Array, options: AlignOptions) -> tuple[np.ndarray, bool, int]:
+  """[n, m] float64 plan between uniform marginals (total mass 1), converged, iterations."""
+  if options.solver == "exact":
+    return _exact_plan(np.asarray(cost_nm, np.float64)), True, 0
+  plan, conv, iters = _sinkhorn(
+    jnp.asarray(cost_nm, jnp.float32),
+    jnp.float32(options.epsilon),
+    threshold=options.threshold,
+    max_iterations=options.max_iterations,
+  )
+  return np.asarray(plan, np.float64), bool(conv), int(iters)
+
+
+def transport_map(cost_nm: jax.Array, options: AlignOptions) -> tuple[np.ndarray, MapInfo]:
+  """OT between uniform measures on the model's and the anchor's units, as a soft permutation.
+
+  Args:
+    cost_nm: [n, m] ground cost (model units x anchor units).
+    options: `solver`, `epsilon`, `threshold`, `max_iterations` are used.
+
+  Returns:
+    `(map_mn, info)`: [m, n] float32 map with rows summing to 1 (a permutation matrix for
+    `solver="exact"`), and its `MapInfo`.
+
+  Raises:
+    FloatingPointError: the Sinkhorn plan is not finite or leaves a column empty (ε too small).
+  """
+  plan_nm, conv, iters = _solve_plan(cost_nm, options)
+  map_mn = _plan_to_map(plan_nm)
+  info = _info(map_mn, plan_nm, np.asarray(cost_nm, np.float64), conv, iters)
+  return map_mn.astype(np.float32), info
+
+
+def head_transport_maps(
+  costs: list[jax.Array], num_heads: int, options: AlignOptions
+) -> tuple[list[np.ndarray], MapInfo]:
+  """Head-structured OT: match whole heads, and within matched heads match dims.
+
+  For every member (e.g. the q/k dims and the v dims) and every head pair (h, g), the
+  within-head OT problem between the dims of model head h and anchor head g is solved; the
+  head-to-head cost is the sum over members of their within-head transport costs; one OT over
+  heads gives `plan_hg`. Member plans are the couplings `plan[(h, d), (g, e)] = plan_hg[h, g] *
+  inner[h, g][d, e]` (uniform marginals again), rescaled to soft permutations. With exact
+  assignment they are block permutations (a head permutation, then within-head permutations),
+  which keep multi-head attention's function.
+
+  Args:
+    costs: per member, an [n, n] cost between the model's and the anchor's units (n = heads ·
+      head_dim, head-major as in the fused in_proj).
+    num_heads: number of heads.
+    options: solver options.
+
+  Returns:
+    `(maps, info)`: per member an [n, n] float32 map (rows sum to 1); `MapInfo` of the
+    head-level problem.
+  """
+  n = costs[0].shape[0]
+  hh, k = num_heads, n // num_heads
+  inners, head_cost_hg, all_conv = [], np.zeros((hh, hh), np.float64), True
+  for cost in costs:
+    if cost.shape != (n, n):
+      raise ValueError(f"head costs must all be [{n}, {n}], got {cost.shape}")
+    blocks_hgde = np.asarray(cost, np.float64).reshape(hh, k, hh, k).transpose(0, 2, 1, 3)
+    if options.solver == "exact":
+      inner_hgde = np.stack([np.stack([_exact_plan(c) for c in row]) for row in blocks_hgde])
+    else:
+      plans, conv, _ = _sinkhorn_batch(
+        jnp.asarray(blocks_hgde.reshape(hh * hh, k, k), jnp.float32),
+        jnp.float32(options.epsilon),
+        threshold=options.threshold,
+        max_iterations=options.max_iterations,
+      )
+      inner_hgde = np.asarray(plans, np.float64).reshape(hh, hh, k, k)
+      all_conv = all_conv and bool(np.all(conv))
+    inners.append(inner_hgde)
+    head_cost_hg += np.sum(inner_hgde * blocks_hgde, axis=(2, 3))
+  if options.cost_scale == "max" and head_cost_hg.max() > 0:
+    head_cost_hg = head_cost_hg / head_cost_hg.max()
+  plan_hg, conv, iters = _solve_plan(jnp.asarray(head_cost_hg), options)
+  head_map = _plan_to_map(plan_hg)
+  info = _info(head_map, plan_hg, head_cost_hg, conv and all_conv, iters)
+  maps = []
+  for inner_hgde in inners:
+    full_nm = np.einsum("hg,hgde->hdge", plan_hg, inner_hgde).reshape(n, n)
+    maps.append(_plan_to_map(full_nm).astype(np.float32))
+  return maps, info
+
+
+def _contract(x: np.ndarray, axis: int, start: int, stop: int, map_mn: np.ndarray) -> np.ndarray:
+  """Replaces `x[..., start:stop (axis), ...]` by `map_mn` applied along that axis (numpy).
+
+  A permutation map reproduces the permuted entries exactly (products with 1 and sums with 0).
+  """
+  x = np.asarray(x)
+  seg = np.moveaxis(np.take(x, np.arange(start, stop), axis=axis), axis, 0)
+  lead = seg.shape[0]
+  out = (np.asarray(map_mn, np.float32) @ seg.reshape(lead, -1)).reshape(-1, *seg.shape[1:])
+  out = np.moveaxis(out.astype(x.dtype), 0, axis)
+  if start == 0 and stop == x.shape[axis]:
+    return out
+  index = [slice(None)] * x.ndim
+  index[axis] = slice(start, stop)
+  full = np.array(x, copy=True)
+  full[tuple(index)] = out
+  return full
+
+
+def _flat_root(params: Any, spec: spec_lib.FusionSpec) -> dict[str, jax.Array]:
+  return dict(tree_lib.flatten_with_names(spec_lib.subtree(params, spec.root)))
+
+
+def _check_same(flat: dict, ref: dict, what: str) -> None:
+  if set(flat) != set(ref):
+    missing, extra = sorted(set(ref) - set(flat)), sorted(set(flat) - set(ref))
+    raise ValueError(f"{what} differs from the anchor: missing={missing} unexpected={extra}")
+  for name, x in flat.items():
+    if jnp.shape(x) != jnp.shape(ref[name]):
+      raise ValueError(f"{what}: {name!r} has shape {jnp.shape(x)}, anchor {jnp.shape(ref[name])}")
+
+
+def _weight_features(
+  flat: dict, bindings: dict, group: str, maps: dict[str, jax.Array] | None
+) -> np.ndarray:
+  """[n, f] incoming weights of `group`'s units; other axes aligned with `maps` (None: as is)."""
+  feats = []
+  for name, binds in bindings.items():
+    for b in binds:
+      if b.group != group or b.role != "out":
+        continue
+      x = flat[name]
+      if maps is not None:
+        for o in binds:
+          if o.axis != b.axis:
+            x = _contract(x, o.axis, o.start, o.stop, maps[o.group])
+      x = np.take(np.asarray(x), np.arange(b.start, b.stop), axis=b.axis)
+      feats.append(np.moveaxis(x, b.axis, 0).reshape(b.stop - b.start, -1))
+  if not feats:
+    raise ValueError(f"Map {group!r} has no role='out' leaf to build weight representations from")
+  return np.concatenate(feats, axis=1)
+
+
+def _act_features(acts: dict[str, jax.Array], group: str, size: int) -> np.ndarray:
+  if group not in acts:
+    raise KeyError(f"activations have no entry for map {group!r}; got {sorted(acts)}")
+  a = np.asarray(acts[group])
+  if a.shape[-1] != size:
+    raise ValueError(f"activations[{group!r}] has {a.shape[-1]} units, expected {size}")
+  return a.reshape(-1, size).T
+
+
+def compute_maps(
+  params: dict,
+  anchor: dict,
+  spec: spec_lib.FusionSpec,
+  options: AlignOptions,
+  *,
+  acts: dict[str, jax.Array] | None = None,
+  anchor_acts: dict[str, jax.Array] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, MapInfo]]:
+  """Transport maps from `params`' units to `anchor`'s, group by group in spec order.
+
+  Args:
+    params: the model to align (same structure as `anchor` under `spec.root`).
+    anchor: the anchor model.
+    spec: the fusion spec.
+    options: alignment options.
+    acts: for `representation="acts"`, map name -> [..., units] activations of `params`.
+    anchor_acts: the same for the anchor, on the same inputs.
+
+  Returns:
+    `(maps, infos)`: map name -> [m, n] float32 numpy map (rows sum to 1), and `MapInfo`s.
+  """
+  bindings, sizes = spec_lib.resolve(spec, anchor)
+  flat, ref = _flat_root(params, spec), _flat_root(anchor, spec)
+  _check_same(flat, ref, "params")
+  use_acts = options.representation == "acts"
+  if use_acts and (acts is None or anchor_acts is None):
+    raise ValueError("representation='acts' needs acts and anchor_acts")
+  maps: dict[str, np.ndarray] = {}
+  infos: dict[str, MapInfo] = {}
+
+  def cost_of(name: str) -> jax.Array:
+    if use_acts:
+      x_nf = _act_features(acts, name, sizes[name])
+      y_mf = _act_features(anchor_acts, name, sizes[name])
+    else:
+      x_nf = _weight_features(flat, bindings, name, maps)
+      y_mf = _weight_features(ref, bindings, name, None)
+    return pairwise_cost(x_nf, y_mf, options)
+
+  for g in spec.groups:
+    if g.kind == "combine":
+      out = sum(np.float32(w) * maps[s] for s, w in zip(g.sources, g.weights))
+      maps[g.name] = out
+      ident = float(np.trace(out) / out.shape[0])
+      infos[g.name] = MapInfo(out.shape[0], 0.0, ident, True, 0)
+    elif g.kind == "solve":
+      if g.name not in sizes:
+        raise ValueError(f"Map {g.name!r} is declared but no rule indexes an axis with it")
+      map_mn, infos[g.name] = transport_map(cost_of(g.name), options)
+      maps[g.name] = map_mn
+    else:
+      missing = [m for m in g.members if m not in sizes]
+      if missing:
+        raise ValueError(f"Heads group {g.name!r}: members {missing} are not indexed by any rule")
+      member_maps, infos[g.name] = head_transport_maps(
+        [cost_of(m) for m in g.members], g.num_heads, options
+      )
+      for m, map_mn in zip(g.members, member_maps):
+        maps[m] = map_mn
+        ident = float(np.trace(map_mn) / map_mn.shape[0])
+        infos[m] = MapInfo(map_mn.shape[0], float("nan"), ident, infos[g.name].converged, 0)
+  return maps, infos
+
+
+def apply_maps(params: dict, spec: spec_lib.FusionSpec, maps: dict[str, jax.Array]) -> dict:
+  """Contracts every bound axis under `spec.root` with its map.
+
+  Args:
+    params: parameter pytree.
+    spec: the fusion spec.
+    maps: map name -> [m, n] map for every map a rule uses.
+
+  Returns:
+    `params` with the subtree at `spec.root` replaced by its aligned copy (other leaves shared).
+  """
+  bindings, _ = spec_lib.resolve(spec, params)
+  missing = sorted({b.group for bs in bindings.values() for b in bs} - set(maps))
+  if missing:
+    raise KeyError(f"apply_maps: no map given for {missing}")
+  flat = _flat_root(params, spec)
+  out = {}
+  for name, x in flat.items():
+    binds = bindings.get(name, [])
+    for b in binds:
+      x = _contract(x, b.axis, b.start, b.stop, maps[b.group])
+    out[name] = jnp.asarray(x) if binds else x
+  return spec_lib.replace_subtree(params, spec.root, tree_lib.unflatten_names(out))
+
+
+def align_params(
+  params: dict,
+  anchor: dict,
+  spec: spec_lib.FusionSpec,
+  options: AlignOptions,
+  *,
+  acts_fn: ActsFn | None = None,
+  anchor_acts: dict[str, jax.Array] | None = None,
+) -> Aligned:
+  """Aligns `params` to `anchor` (maps by `compute_maps`, applied by `apply_maps`).
+
+  Args:
+    params: the model to align.
+    anchor: the anchor model.
+    spec: the fusion spec.
+    options: alignment options.
+    acts_fn: for `representation="acts"`: params -> {map name: [..., units] activations} on a
+      fixed batch (e.g. `vit_activations(config, pixels)`).
+    anchor_acts: precomputed `acts_fn(anchor)` (computed here when None).
+
+  Returns:
+    `Aligned(params, maps, infos)`; leaves outside `spec.root` are `params`' own.
+  """
+  acts = None
+  if options.representation == "acts":
+    if acts_fn is None:
+      raise ValueError("representation='acts' needs acts_fn")
+    acts = acts_fn(params)
+    anchor_acts = acts_fn(anchor) if anchor_acts is None else anchor_acts
+  maps, infos = compute_maps(params, anchor, spec, options, acts=acts, anchor_acts=anchor_acts)
+  return Aligned(apply_maps(params, spec, maps), maps, infos)
+
+
+def _row(v_w: jax.Array) -> jax.Array:
+  return v_w[None, None, :]
+
+
+def _dense(x_bti: jax.Array, layer: dict) -> jax.Array:
+  return x_bti @ layer["kernel"] + _row(layer["bias"])
+
+
+def _layer_norm(x_btw: jax.Array, ln: dict, eps: float) -> jax.Array:
+  mean_bt1 = jnp.mean(x_btw, axis=-1, keepdims=True)
+  xc_btw = x_btw - mean_bt1
+  var_bt1 = jnp.mean(jnp.square(xc_btw), axis=-1, keepdims=True)
+  return xc_btw * jax.lax.rsqrt(var_bt1 + eps) * _row(ln["scale"]) + _row(ln["bias"])
+
+
+def vit_forward(config: Any, visual: dict, pixels_bhwc: jax.Array):
+  """The CLIP image tower written out per layer, returning the activations fusion aligns on.
+
+  Same math as `clipjax.model.clip.VisionTower` in float32 (tested against `encode_image`).
+
+  Args:
+    config: the `CLIPConfig`.
+    visual: `params["visual"]`.
+    pixels_bhwc: [b, s, s, 3] pixels in [0, 1].
+
+  Returns:
+    `(emb_bd, acts)`: the L2-normalised embedding and a dict of [b, t', units] activations:
+    "res/embed" (tokens + positions, before ln_pre), "res" (the residual stream after the
+    embedding and after every block, concatenated over tokens), and per block b "qk/b" (q and k
+    concatenated over tokens), "v/b", "attn_out/b" (out_proj output), "mlp/b" (c_fc output,
+    before the activation) and "mlp_out/b" (c_proj output).
+  """
+  from clipjax.model import layers
+  from clipjax.model.clip import CLIP_MEAN, CLIP_STD
+
+  vis = config.vision
+  eps = config.ln_eps
+  act = layers.ACTIVATIONS[config.act]
+  mean_111c = jnp.asarray(CLIP_MEAN, jnp.float32).reshape(1, 1, 1, 3)
+  std_111c = jnp.asarray(CLIP_STD, jnp.float32).reshape(1, 1, 1, 3)
+  x_bhwc = (pixels_bhwc.astype(jnp.float32) - mean_111c) / std_111c
+  b, s = x_bhwc.shape[0], x_bhwc.shape[1]
+  p = vis.patch_size
+  gs = s // p
+  patches_bnk = x_bhwc.reshape(b, gs, p, gs, p, 3).transpose(0, 1, 3, 2, 4, 5)
+  patches_bnk = patches_bnk.reshape(b, gs * gs, p * p * 3)
+  w = visual["class_embedding"].shape[0]
+  tok_bnw = patches_bnk @ visual["conv1"]["kernel"].reshape(p * p * 3, w)
+  pos_tw = visual["positional_embedding"]
+  if vis.pos_embed == "learned+sincos2d":
+    pos_tw = pos_tw + jnp.concatenate([jnp.zeros((1, w)), layers.sincos_2d(gs, w)])
+  cls_b1w = jnp.broadcast_to(visual["class_embedding"], (b, 1, w))
+  x_btw = jnp.concatenate([cls_b1w, tok_bnw], axis=1) + pos_tw[None]
+  acts = {"res/embed": x_btw}
+  states = [x_btw]
+  x_btw = _layer_norm(x_btw, visual["ln_pre"], eps)
+  heads = vis.heads
+  for i in range(vis.layers):
+    blk = visual["blocks"][str(i)]
+    h_btw = _layer_norm(x_btw, blk["ln_1"], eps)
+    qkv = _dense(h_btw, blk["attn"]["in_proj"])
+    q_btw, k_btw, v_btw = jnp.split(qkv, 3, axis=-1)
+    t = q_btw.shape[1]
+    shape_bthk = (b, t, heads, w // heads)
+    o_bthk = jax.nn.dot_product_attention(
+      q_btw.reshape(shape_bthk), k_btw.reshape(shape_bthk), v_btw.reshape(shape_bthk)
+    )
+    a_btw = _dense(o_bthk.reshape(b, t, w), blk["attn"]["out_proj"])
+    x_btw = x_btw + a_btw
+    h_btw = _layer_norm(x_btw, blk["ln_2"], eps)
+    f_btm = _dense(h_btw, blk["mlp"]["c_fc"])
+    m_btw = _dense(act(f_btm), blk["mlp"]["c_proj"])
+    x_btw = x_btw + m_btw
+    states.append(x_btw)
+    acts.update(
+      {
+        f"qk/{i}": jnp.concatenate([q_btw, k_btw], axis=1),
+        f"v/{i}": v_btw,
+        f"attn_out/{i}": a_btw,
+        f"mlp/{i}": f_btm,
+        f"mlp_out/{i}": m_btw,
+      }
+    )
+  acts["res"] = jnp.concatenate(states, axis=1)
+  x_btw = _layer_norm(x_btw, visual["ln_post"], eps)
+  pooled_bw = x_btw[:, 0] if vis.pool == "cls" else jnp.mean(x_btw[:, 1:], axis=1)
+  emb_bd = pooled_bw @ visual["proj"]
+  emb_bd = emb_bd / jnp.maximum(jnp.linalg.norm(emb_bd, axis=-1, keepdims=True), 1e-12)
+  return emb_bd, acts
+
+
+def vit_activations(config: Any, pixels_bhwc: jax.Array, *, root: str = "visual") -> ActsFn:
+  """An `acts_fn` for `align_params`: params -> `vit_forward` activations on a fixed batch.
+
+  Args:
+    config: the `CLIPConfig`.
+    pixels_bhwc: [b, s, s, 3] pixels in [0, 1] (a small batch: a few images give
+      b·(1 + patches) samples per unit).
+    root: path of the image tower in the params.
+
+  Returns:
+    A function params -> {map name: [b, t', units] activations}.
+  """
+  forward = jax.jit(functools.partial(vit_forward, config))
+  pixels_bhwc = jnp.asarray(pixels_bhwc)
+
+  def acts_fn(params: dict) -> dict[str, jax.Array]:
+    return forward(spec_lib.subtree(params, root), pixels_bhwc)[1]
+
+  return acts_fn

@@ -1,0 +1,12 @@
+"""Import ott once with jaxopt's import-time DeprecationWarning silenced.
+
+ott-jax 0.6.0 imports jaxopt, which warns on import, and pytest turns warnings into errors. The
+filter belongs in pyproject's ``filterwarnings`` (``"ignore::DeprecationWarning:jaxopt.*"``);
+until it is there, importing ott here first keeps the warning from failing collection.
+"""
+
+import warnings
+
+with warnings.catch_warnings():
+  warnings.filterwarnings("ignore", category=DeprecationWarning, module="jaxopt")
+  import ott  # noqa: F401
