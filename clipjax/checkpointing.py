@@ -8,6 +8,7 @@ never leaves a checkpoint that a restart would pick up; `max_to_keep`/`keep_peri
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from typing import Any
@@ -42,6 +43,30 @@ class PreemptionFlag:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+
+
+class _IteratorState:
+  """Adapts an iterator with dict `get_state`/`set_state` to grain's checkpoint handler.
+
+  grain's handler stores non-grain iterators as the bytes their `get_state` returns and calls
+  `start_prefetch` after restoring; clipjax's `TrainIterator` speaks JSON-able dicts.
+  """
+
+  def __init__(self, it: Any):
+    self._it = it
+
+  def get_state(self) -> bytes:
+    return json.dumps(self._it.get_state()).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self._it.set_state(json.loads(state.decode()))
+
+  def start_prefetch(self) -> None:
+    pass
+
+
+def _iter_item(it: Any) -> Any:
+  return it if isinstance(it, grain.DatasetIterator) else _IteratorState(it)
 
 
 class Checkpointer:
@@ -97,14 +122,14 @@ class Checkpointer:
       return False
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
-      items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+      items["data_iter"] = grain.checkpoint.CheckpointSave(_iter_item(data_iter))
     return self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, step: int, abstract_state: Any, data_iter: Any | None = None) -> Any:
     """Restores `state` into the structure/shardings of `abstract_state`; `data_iter` in place."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
-      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(_iter_item(data_iter))
     restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
     return restored.state
 

@@ -84,15 +84,23 @@ def apply_smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
 
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any], keys: list[str]) -> list[str]:
-  """Lists `key: old -> new` for the dotted `keys` whose values differ between two dicts."""
-  out = []
+  """Lists `dotted.key: old -> new` for every leaf under the dotted `keys` that differs."""
+
+  def get(d, dotted):
+    for part in dotted.split("."):
+      d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+  def walk(prefix, a, b, out):
+    if isinstance(a, dict) and isinstance(b, dict):
+      for k in sorted(set(a) | set(b)):
+        walk(f"{prefix}.{k}", a.get(k), b.get(k), out)
+    elif a != b:
+      out.append(f"{prefix}: {a!r} -> {b!r}")
+
+  out: list[str] = []
   for k in keys:
-    a, b = old, new
-    for part in k.split("."):
-      a = a.get(part) if isinstance(a, dict) else None
-      b = b.get(part) if isinstance(b, dict) else None
-    if a != b:
-      out.append(f"{k}: {a!r} -> {b!r}")
+    walk(k, get(old, k), get(new, k), out)
   return out
 
 

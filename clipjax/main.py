@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,6 +30,10 @@ TASKS = {
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # orbax logs every checkpoint step at INFO; keep the console to progress lines by default
+    # (pass --verbosity=0 to see them).
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   task = config.get("task", "train")
   if task not in TASKS:

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clipjax import tree as tree_lib
@@ -69,7 +69,8 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | No
     raise ValueError(
       f"Mesh {dict(zip(AXES, sizes))} needs {np.prod(sizes)} devices, have {len(devices)}."
     )
-  return jax.make_mesh(tuple(sizes), AXES, devices=devices)
+  # Auto axes: XLA's partitioner places collectives; model code needs no sharding annotations.
+  return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -131,6 +132,10 @@ def maybe_initialize_distributed(mode: str) -> bool:
       JAX_COORDINATOR_ADDRESS is set). A plain CPU host has nothing to detect and
       `initialize()` would raise, hence "auto" rather than always.
 
+  Environment: JAX reads `JAX_COORDINATOR_ADDRESS` itself and auto-detects TPU, Slurm, OpenMPI
+  and Kubernetes; elsewhere (plain multi-node GPU or CPU hosts) set `CLIPJAX_NUM_PROCESSES` and
+  `CLIPJAX_PROCESS_ID` as well, which are passed on as `num_processes` / `process_id`.
+
   Returns:
     Whether the distributed runtime was initialised.
   """
@@ -141,5 +146,15 @@ def maybe_initialize_distributed(mode: str) -> bool:
   on_tpu_vm = bool(os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_NAME"))
   if mode == "auto" and not (on_tpu_vm or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return False
-  jax.distributed.initialize()
+  kwargs = {}
+  for env, arg in (
+    ("CLIPJAX_NUM_PROCESSES", "num_processes"),
+    ("CLIPJAX_PROCESS_ID", "process_id"),
+  ):
+    if os.environ.get(env):
+      try:
+        kwargs[arg] = int(os.environ[env])
+      except ValueError as e:
+        raise ValueError(f"{env} must be an integer, got {os.environ[env]!r}.") from e
+  jax.distributed.initialize(**kwargs)
   return True

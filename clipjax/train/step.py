@@ -88,8 +88,8 @@ def train_step(
   params = clamp_logit_scale(optax.apply_updates(state.params, updates))
   metrics = {
     "loss": loss,
-    "grad_norm": optax.global_norm(grads),
-    "param_norm": optax.global_norm(params),
+    "grad_norm": optax.tree.norm(grads),
+    "param_norm": optax.tree.norm(params),
     "lr": schedule(state.step),
     **aux,
   }

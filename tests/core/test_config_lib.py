@@ -28,6 +28,12 @@ def test_diff_configs():
   old = {"a": {"b": 1}, "c": 2}
   new = {"a": {"b": 3}, "c": 2}
   assert config_lib.diff_configs(old, new, ["a.b", "c", "missing"]) == ["a.b: 1 -> 3"]
+  nested_old = {"optim": {"lr": 0.1, "b1": 0.9}}
+  nested_new = {"optim": {"lr": 0.2, "b1": 0.9, "new": 1}}
+  assert config_lib.diff_configs(nested_old, nested_new, ["optim"]) == [
+    "optim.lr: 0.1 -> 0.2",
+    "optim.new: None -> 1",
+  ]
 
 
 def test_validate_names_offending_key():

@@ -1,0 +1,246 @@
+"""The one trainer: `run(config, workdir)` for every method, from a laptop to a TPU pod.
+
+Per run it writes `workdir/config.json`, appends events to `workdir/metrics.jsonl`, keeps orbax
+checkpoints (state + data iterator) in `workdir/checkpoints/`, and writes `workdir/summary.json`
+at the end. Re-running the same command resumes from the latest checkpoint; a workdir whose
+saved config differs in keys that matter is refused with the list of differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+
+from clipjax import checkpointing, config_lib, sharding
+from clipjax import methods as methods_lib
+from clipjax import metrics as metrics_lib
+from clipjax.train import data_setup, optim, periodic_eval
+from clipjax.train.state import TrainState
+from clipjax.train.step import train_step
+
+__all__ = ["RESUME_KEYS", "build_model", "check_resume_compatible", "run"]
+
+# Changing these between a checkpoint and a resume would silently change the experiment (or
+# break the saved iterator/optimizer state), so a mismatch refuses to resume.
+RESUME_KEYS = [
+  "seed",
+  "total_steps",
+  "model",
+  "method",
+  "data.train",
+  "data.batch_size",
+  "data.image_size",
+  "data.num_workers",
+  "data.context_length",
+  "optim",
+]
+
+
+def build_model(config: mlc.ConfigDict, rng: jax.Array):
+  """`clipjax.model.create` or `load` (fine-tuning from `config.model.init_checkpoint`)."""
+  import clipjax.model as model_lib
+
+  overrides = config.model.get("overrides", mlc.ConfigDict()).to_dict()
+  # The data config is the single source of truth for input sizes.
+  overrides["vision.image_size"] = config.data.image_size
+  overrides["text.context_length"] = config.data.context_length
+  init = config.model.get("init_checkpoint", "")
+  if not init:
+    return model_lib.create(config.model.name, rng, **_flatten(overrides))
+  ckpt_dir = os.path.join(init, "checkpoints")
+  if os.path.isdir(ckpt_dir):
+    model = model_lib.create(config.model.name, rng, **_flatten(overrides))
+    params = checkpointing.restore_params(ckpt_dir)
+    return _replace_params(model, params, source=init)
+  return model_lib.load(init, **_flatten(overrides))
+
+
+def _flatten(overrides: dict[str, Any]) -> dict[str, Any]:
+  """`{"vision": {"pool": "mean"}}` -> `{"vision.pool": "mean"}` (dotted keys kept)."""
+  out = {}
+  for k, v in overrides.items():
+    if isinstance(v, dict):
+      out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+    else:
+      out[k] = v
+  return out
+
+
+def _replace_params(model, params, *, source: str):
+  expected = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), model.params)
+  got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params)
+  if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+    raise ValueError(
+      f"Parameters in {source!r} do not match model {model.config}: expected {expected}, got {got}."
+    )
+  return dataclasses.replace(model, params=jax.tree.map(jnp.asarray, params))
+
+
+def check_resume_compatible(workdir: str, config: mlc.ConfigDict) -> None:
+  """Raises if `workdir/config.json` exists and differs from `config` in `RESUME_KEYS`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  new = json.loads(config.to_json_best_effort())
+  diffs = config_lib.diff_configs(old, new, RESUME_KEYS)
+  if diffs:
+    raise ValueError(
+      f"Refusing to resume in {workdir!r}: its config.json differs from this run in\n  "
+      + "\n  ".join(diffs)
+      + "\nUse a new --workdir, or restore the previous settings."
+    )
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(metrics_lib.to_python(obj), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains per `config` in `workdir`; returns the final summary dict."""
+  is_main = jax.process_index() == 0
+  distributed = jax.process_count() > 1
+  mesh = sharding.make_mesh(config.mesh)
+  config_lib.validate_train_config(config, mesh.size)
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    check_resume_compatible(workdir, config)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(sort_keys=True, indent=2))
+
+  writer = metrics_lib.MetricWriter(
+    workdir, enabled=is_main, tensorboard=config.get("tensorboard", False)
+  )
+  model = build_model(config, jax.random.key(config.seed))
+  method = methods_lib.get(config.method.name, **dict(config.method.get("kwargs", {})))
+  tx = optim.make_optimizer(config.optim, model.params, config.total_steps)
+  schedule = optim.make_schedule(config.optim, config.total_steps)
+
+  def init_state(params):
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      method_state=method.init(model.config.embed_dim),
+      rng=jax.random.PRNGKey(config.seed + 1),
+    )
+
+  abstract = jax.eval_shape(init_state, model.params)
+  state_shardings = TrainState(
+    step=sharding.replicated(mesh),
+    params=sharding.param_shardings(abstract.params, mesh),
+    opt_state=sharding.param_shardings(abstract.opt_state, mesh),
+    method_state=jax.tree.map(lambda _: sharding.replicated(mesh), abstract.method_state),
+    rng=sharding.replicated(mesh),
+  )
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings
+  )
+  ckpt = checkpointing.Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    save_every=config.checkpoint.every_steps,
+    max_to_keep=config.checkpoint.max_to_keep,
+    keep_period=config.checkpoint.get("keep_period") or None,
+    async_save=config.checkpoint.get("async_save", True),
+  )
+  train_iter = data_setup.train_iterator(config, jax.process_index(), jax.process_count())
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = ckpt.restore(latest, abstract, data_iter=train_iter)
+    if is_main:
+      print(f"Resumed from {ckpt.directory} at step {latest}.", flush=True)
+  else:
+    state = jax.jit(init_state, out_shardings=state_shardings)(model.params)
+  # `model` is bound statically; its encode functions read only the `params` argument, so the
+  # initial parameters are never captured as constants of the compiled step.
+  apply_model = model
+  step_fn = jax.jit(
+    functools.partial(
+      train_step,
+      model=apply_model,
+      method=method,
+      tx=tx,
+      schedule=schedule,
+      grad_accum_steps=config.optim.grad_accum_steps,
+    ),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    out_shardings=(state_shardings, sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
+  evaluator = periodic_eval.Evaluator(config, apply_model, mesh)
+
+  step = int(jax.device_get(state.step))
+  first_step = step
+  progress = metrics_lib.Progress(config.total_steps, config.data.batch_size, enabled=is_main)
+  preempt = checkpointing.PreemptionFlag(distributed)
+  train_time, timed_steps, rates = 0.0, 0, {}
+  eval_metrics: dict[str, Any] = {}
+  stopped_early = False
+  try:
+    progress.start(step)
+    while step < config.total_steps:
+      t0 = time.perf_counter()
+      local = next(train_iter)
+      batch = sharding.make_global_batch(mesh, data_setup.model_inputs(local))
+      state, step_metrics = step_fn(state, batch)
+      step += 1
+      if step == first_step + 1:
+        jax.block_until_ready(step_metrics)
+        if is_main:
+          print(f"First step (incl. compilation) took {time.perf_counter() - t0:.1f}s.", flush=True)
+        progress.start(step)
+      else:
+        train_time += time.perf_counter() - t0
+        timed_steps += 1
+      due_save = ckpt.should_save(step) or step == config.total_steps
+      if step % config.log_every_steps == 0 or due_save or step == config.total_steps:
+        host_metrics = jax.device_get(step_metrics)
+        metrics_lib.check_finite(host_metrics, step)
+        rates = progress.update(step, host_metrics) or rates
+        writer.write(step, {**host_metrics, **rates, **data_setup.stats(train_iter)}, kind="train")
+      if due_save:
+        ckpt.save(step, state, train_iter)
+      if evaluator.due(step):
+        eval_metrics = evaluator(state.params, step)
+        writer.write(step, eval_metrics, kind="eval")
+        if is_main:
+          print(periodic_eval.format_table(eval_metrics, step), flush=True)
+      if preempt.requested or (distributed and ckpt.reached_preemption(step)):
+        if is_main:
+          print(f"Preemption requested: saving step {step} and exiting.", flush=True)
+        ckpt.save(step, state, train_iter, force=True)
+        stopped_early = True
+        break
+    if not eval_metrics and not stopped_early:
+      eval_metrics = evaluator(state.params, step)
+      writer.write(step, eval_metrics, kind="eval")
+  finally:
+    ckpt.close()
+    writer.close()
+    preempt.restore_handler()
+
+  summary = {
+    "step": step,
+    "finished": step >= config.total_steps and not stopped_early,
+    "train_seconds_excl_first_step": train_time,
+    "steps_per_s": timed_steps / train_time if train_time else None,
+    "examples_per_s": timed_steps * config.data.batch_size / train_time if train_time else None,
+    **eval_metrics,
+  }
+  if is_main:
+    _write_json(os.path.join(workdir, "summary.json"), summary)
+    print(periodic_eval.format_table(eval_metrics, step, final=True), flush=True)
+    print(f"Wrote {os.path.join(workdir, 'summary.json')}", flush=True)
+  return summary

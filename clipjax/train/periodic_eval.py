@@ -1,0 +1,63 @@
+"""Evaluation during training: zero-shot and retrieval on `config.eval.datasets`.
+
+Thin glue over `clipjax.evaluation.task.evaluate_datasets`, run every `config.eval.every_steps`
+and at the end of training; results go to metrics.jsonl (kind "eval") and summary.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections as mlc
+from jax.sharding import Mesh
+
+__all__ = ["Evaluator", "format_table"]
+
+
+class Evaluator:
+  """Callable `(params, step) -> {metric: value}` over the configured eval datasets."""
+
+  def __init__(self, config: mlc.ConfigDict, model: Any, mesh: Mesh):
+    self.config = config
+    self.model = model
+    self.mesh = mesh
+    self.every = config.eval.every_steps
+    self.total = config.total_steps
+
+  def due(self, step: int) -> bool:
+    return bool(self.config.eval.datasets) and (
+      step == self.total or (self.every > 0 and step % self.every == 0)
+    )
+
+  def __call__(self, params: Any, step: int) -> dict[str, Any]:
+    if not self.config.eval.datasets:
+      return {}
+    from clipjax.evaluation import task
+
+    return task.evaluate_datasets(
+      self.model,
+      params,
+      self.config.eval.datasets.to_dict(),
+      mesh=self.mesh,
+      image_size=self.config.data.image_size,
+      context_length=self.config.data.context_length,
+      batch_size=self.config.eval.batch_size,
+      max_examples=self.config.eval.max_examples,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+
+
+def format_table(metrics: dict[str, Any], step: int, *, final: bool = False) -> str:
+  """Markdown table of the eval metrics; `x/chance` entries are shown beside their metric."""
+  rows = [(k, v) for k, v in sorted(metrics.items()) if not k.endswith("/chance")]
+  if not rows:
+    return f"(no evaluation at step {step})"
+  title = "Final evaluation" if final else "Evaluation"
+  lines = [f"{title} at step {step}:", "", "| metric | value | chance |", "|---|---|---|"]
+  for k, v in rows:
+    chance = metrics.get(f"{k}/chance")
+    shown = f"{v:.4f}" if isinstance(v, float) else str(v)
+    lines.append(f"| {k} | {shown} | {'' if chance is None else f'{chance:.4f}'} |")
+  return "\n".join(lines)
