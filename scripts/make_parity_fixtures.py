@@ -5,7 +5,7 @@ CI. The tests only read what this script writes, with numpy and safetensors.
 
   /work/parity-venv/bin/python scripts/make_parity_fixtures.py [--out tests/fixtures/parity]
 
-Output (all seeded, about 0.6 MB in total):
+Output (all seeded and deterministic, about 0.8 MB in total):
   hf/model.safetensors, hf/config.json        tiny random transformers `CLIPModel`
   hf_io.npz                                   its inputs and reference outputs
   openclip/open_clip_model.safetensors,
