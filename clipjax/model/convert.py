@@ -422,6 +422,13 @@ def _shape(state: dict[str, Any], key: str, where: str) -> tuple[int, ...]:
   return tuple(state[key].shape)
 
 
+def _grid(n_pos: int, where: str) -> int:
+  grid = math.isqrt(n_pos - 1)
+  if grid * grid != n_pos - 1:
+    raise CheckpointError(f"{where}: the image position table has {n_pos} rows, not 1 + g^2")
+  return grid
+
+
 def _overridden(overrides: dict[str, Any], tower: str, field: str) -> Any:
   """The value `overrides` gives to `tower.field` (dotted or as a sub-config), else None."""
   if f"{tower}.{field}" in overrides:
@@ -499,9 +506,7 @@ def _infer_openai(
   vside, tside = side.get("vision_cfg", {}), side.get("text_cfg", {})
   vw, _, patch, _ = _shape(state, "visual.conv1.weight", where)
   n_pos = _shape(state, "visual.positional_embedding", where)[0]
-  grid = math.isqrt(n_pos - 1)
-  if grid * grid != n_pos - 1:
-    raise CheckpointError(f"{where}: visual.positional_embedding has {n_pos} rows, not 1 + g^2")
+  grid = _grid(n_pos, where)
   vocab, tw = _shape(state, "token_embedding.weight", where)
   vblock = "visual.transformer.resblocks.0.mlp.c_fc.weight"
   tblock = "transformer.resblocks.0.mlp.c_fc.weight"
@@ -551,7 +556,7 @@ def _infer_hf(
     raise CheckpointError(f"{f}: towers differ in hidden_act {acts} or layer_norm_eps {eps}")
   vw, _, patch, _ = _shape(state, "vision_model.embeddings.patch_embedding.weight", where)
   n_pos = _shape(state, "vision_model.embeddings.position_embedding.weight", where)[0]
-  grid = math.isqrt(n_pos - 1)
+  grid = _grid(n_pos, where)
   vocab, tw = _shape(state, "text_model.embeddings.token_embedding.weight", where)
   # HF pools at the first eos_token_id, except for legacy configs (eos 2) that use argmax, which
   # for the CLIP vocabulary is the last id.
