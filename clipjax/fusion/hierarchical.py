@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from clipjax.fusion import align as align_lib
-from clipjax.fusion import fuse as fuse_lib
 from clipjax.fusion import spec as spec_lib
+from clipjax.fusion.fuse import Fused, FusionAccumulator, check_weights, fuse_stream
 
 __all__ = [
   "Hierarchical",
@@ -102,12 +102,10 @@ def hierarchical_fuse(
   n_att = len(loaders)
   if not 0 <= anchor_attack < n_att:
     raise IndexError(f"anchor_attack={anchor_attack} is out of range for {n_att} attacks")
-  a_weights = fuse_lib.check_weights(attack_weights, n_att)
+  a_weights = check_weights(attack_weights, n_att)
   if prompt_weights is not None and len(prompt_weights) != n_att:
     raise ValueError(f"prompt_weights has {len(prompt_weights)} rows for {n_att} attacks")
-  level2 = fuse_lib.FusionAccumulator(
-    spec, method="ot", options=options, acts_fn=acts_fn, outside=outside
-  )
+  level2 = FusionAccumulator(spec, method="ot", options=options, acts_fn=acts_fn, outside=outside)
   intra: list[tuple] = [()] * n_att
   inter: list[dict | None] = [None] * n_att
   order = [anchor_attack] + [a for a in range(n_att) if a != anchor_attack]
@@ -118,7 +116,7 @@ def hierarchical_fuse(
     row = loaders[a]
     if not 0 <= anchor_prompt < len(row):
       raise IndexError(f"anchor_prompt={anchor_prompt} is out of range for attack {a}")
-    fused = fuse_lib.fuse_stream(
+    fused = fuse_stream(
       row,
       None if prompt_weights is None else prompt_weights[a],
       anchor=anchor_prompt,
@@ -158,7 +156,7 @@ def direct_average(loaders: Sequence[Sequence[Loader]], *, spec=None, outside="a
   Returns:
     The averaged params.
   """
-  return fuse_lib.fuse_stream(_flatten(loaders), spec=spec, method="average", outside=outside)[0]
+  return fuse_stream(_flatten(loaders), spec=spec, method="average", outside=outside)[0]
 
 
 def direct_ot(
@@ -169,7 +167,7 @@ def direct_ot(
   anchor: tuple[int, int] = (0, 0),
   acts_fn: align_lib.ActsFn | None = None,
   outside: str = "anchor",
-) -> fuse_lib.Fused:
+) -> Fused:
   """Flat OT fusion of all |A|·|T| submodels to one anchor submodel ("Direct OTFusion").
 
   Args:
@@ -188,7 +186,7 @@ def direct_ot(
   if not (0 <= a < len(loaders) and 0 <= t < len(loaders[a])):
     raise IndexError(f"anchor={anchor} is outside the loader grid")
   index = sum(len(row) for row in loaders[:a]) + t
-  return fuse_lib.fuse_stream(
+  return fuse_stream(
     flat, anchor=index, spec=spec, method="ot", options=options, acts_fn=acts_fn, outside=outside
   )
 
