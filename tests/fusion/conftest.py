@@ -1,4 +1,4 @@
-"""Import ott once with jaxopt's import-time DeprecationWarning silenced.
+"""Shared tiny model; ott imported once with jaxopt's import-time DeprecationWarning silenced.
 
 ott-jax 0.6.0 imports jaxopt, which warns on import, and pytest turns warnings into errors. The
 filter belongs in pyproject's ``filterwarnings`` (``"ignore::DeprecationWarning:jaxopt.*"``);
@@ -7,6 +7,25 @@ until it is there, importing ott here first keeps the warning from failing colle
 
 import warnings
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clipjax.model import create
+
 with warnings.catch_warnings():
   warnings.filterwarnings("ignore", category=DeprecationWarning, module="jaxopt")
   import ott  # noqa: F401
+
+
+@pytest.fixture(scope="session")
+def model():
+  """The tiny CLIP with a 64-token vocabulary (the text tower is copied, never fused)."""
+  return create("tiny", jax.random.key(0), **{"text.vocab_size": 64, "text.eot_id": 63})
+
+
+@pytest.fixture(scope="session")
+def pixels():
+  """[3, 32, 32, 3] random images in [0, 1]."""
+  return jnp.asarray(np.random.default_rng(0).uniform(size=(3, 32, 32, 3)), jnp.float32)

@@ -9,15 +9,9 @@ import pytest
 
 from clipjax import fusion
 from clipjax import tree as tree_lib
-from clipjax.model import create
 
 A, T = 3, 3
 EXACT = fusion.AlignOptions(solver="exact")
-
-
-@pytest.fixture(scope="module")
-def model():
-  return create("tiny", jax.random.key(0), **{"text.vocab_size": 64, "text.eot_id": 63})
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +155,7 @@ def test_direct_baselines(model, spec, grid):
   assert max_diff(avg["visual"], mean["visual"]) > 1e-2
 
 
-def test_ensemble_of_copies_is_the_model(model):
-  pixels = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 32, 32, 3)), jnp.float32)
+def test_ensemble_of_copies_is_the_model(model, pixels):
   emb, tokens = fusion.ensemble_encode_image(
     model.encode_image, [model.params, lambda: model.params], pixels
   )
