@@ -1,1 +1,38 @@
-"""clipjax.attacks."""
+"""clipjax.attacks: FGSM, PGD, MIM and APGD in pixel space [0, 1], EOT and BPDA wrappers.
+
+Every attack maximises an objective `loss_fn(x_bhwc, labels) -> loss_b` (or
+`(loss_b, success_b)`, see `losses.py`), is pure and wrapped in `jax.jit` (static: the objective,
+steps, norm; eps and step sizes are traced, so sweeping ε does not recompile), and costs one
+forward+backward over the batch per step.
+"""
+
+from clipjax.attacks.apgd import apgd, apgd_checkpoints, apgd_targeted
+from clipjax.attacks.eot import Stochastic, bpda, eot
+from clipjax.attacks.iterative import fgsm, mim, pgd
+from clipjax.attacks.losses import (
+  ce_objective,
+  dlr_objective,
+  dlr_targeted_objective,
+  margin_objective,
+)
+from clipjax.attacks.registry import ATTACK_DEFAULTS, OBJECTIVES, build_attack, worst_case
+
+__all__ = [
+  "ATTACK_DEFAULTS",
+  "OBJECTIVES",
+  "Stochastic",
+  "apgd",
+  "apgd_checkpoints",
+  "apgd_targeted",
+  "bpda",
+  "build_attack",
+  "ce_objective",
+  "dlr_objective",
+  "dlr_targeted_objective",
+  "eot",
+  "fgsm",
+  "margin_objective",
+  "mim",
+  "pgd",
+  "worst_case",
+]
