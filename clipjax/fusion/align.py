@@ -291,16 +291,32 @@ def head_transport_maps(
   return maps, info
 
 
+def _as_permutation(map_mn: np.ndarray) -> np.ndarray | None:
+  """The index array p with map[j, p[j]] = 1 when `map_mn` is a permutation matrix, else None."""
+  if map_mn.shape[0] != map_mn.shape[1] or np.count_nonzero(map_mn) != map_mn.shape[0]:
+    return None
+  perm = np.argmax(map_mn, axis=1)
+  rows = np.arange(map_mn.shape[0])
+  if not np.all(map_mn[rows, perm] == 1) or len(np.unique(perm)) != len(perm):
+    return None
+  return perm
+
+
 def _contract(x: np.ndarray, axis: int, start: int, stop: int, map_mn: np.ndarray) -> np.ndarray:
   """Replaces `x[..., start:stop (axis), ...]` by `map_mn` applied along that axis (numpy).
 
-  A permutation map reproduces the permuted entries exactly (products with 1 and sums with 0).
+  A permutation map is applied as a gather (exact, and O(size) rather than a matmul).
   """
   x = np.asarray(x)
-  seg = np.moveaxis(np.take(x, np.arange(start, stop), axis=axis), axis, 0)
-  lead = seg.shape[0]
-  out = (np.asarray(map_mn, np.float32) @ seg.reshape(lead, -1)).reshape(-1, *seg.shape[1:])
-  out = np.moveaxis(out.astype(x.dtype), 0, axis)
+  map_mn = np.asarray(map_mn, np.float32)
+  seg = np.take(x, np.arange(start, stop), axis=axis)
+  perm = _as_permutation(map_mn)
+  if perm is not None:
+    out = np.take(seg, perm, axis=axis)
+  else:
+    seg = np.moveaxis(seg, axis, 0)
+    out = (map_mn @ seg.reshape(seg.shape[0], -1)).reshape(-1, *seg.shape[1:])
+    out = np.moveaxis(out.astype(x.dtype), 0, axis)
   if start == 0 and stop == x.shape[axis]:
     return out
   index = [slice(None)] * x.ndim
