@@ -155,6 +155,10 @@ def fixed_sinkhorn(
   b_m = _normalize(solve_dtype(b_m).astype(cost_nm.dtype))
   if grad == "stop_gradient":
     cost_nm, a_n, b_m = jax.lax.stop_gradient((cost_nm, a_n, b_m))
+  else:
+    # Padding must not receive gradient (ott's plan has tiny nonzero cotangents there).
+    valid_nm = (a_n[:, None] > 0) & (b_m[None, :] > 0)
+    cost_nm = jnp.where(valid_nm, cost_nm, jax.lax.stop_gradient(cost_nm))
   if solver == "kernel":
     plan_nm = _kernel_sinkhorn(cost_nm, a_n, b_m, epsilon, num_iters)
   else:
