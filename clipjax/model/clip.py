@@ -213,10 +213,11 @@ class TextTower(nnx.Module):
     table_vw = self.token_embedding[...]
     x_blw = jnp.take(table_vw, ids_bl, axis=0)
     is_eot_bl = ids_bl == self.eot_id
-    eot_b = jnp.where(jnp.any(is_eot_bl, axis=1), jnp.argmax(is_eot_bl, axis=1), length - 1)
+    has_eot_b = jnp.any(is_eot_bl, axis=1)
+    eot_b = jnp.where(has_eot_b, jnp.argmax(is_eot_bl, axis=1), length - 1)
     pos_l = jnp.arange(length)
     if prompts_mw is not None:
-      x_blw, eot_b = self._splice(x_blw, eot_b, prompts_mw, table_vw[self.eot_id])
+      x_blw, eot_b = self._splice(x_blw, eot_b, has_eot_b, prompts_mw, table_vw[self.eot_id])
     x_blw = (x_blw + self.positional_embedding[:length][None]).astype(self.dtype)
     x_blw = layers.apply_blocks(self.blocks, x_blw, remat=self.remat)
     x_blw = self.ln_final(x_blw)
@@ -226,8 +227,14 @@ class TextTower(nnx.Module):
     return TextFeatures(emb=_l2_normalize(pooled_bd), tokens=tokens_bld, mask=mask_bl)
 
   def _splice(
-    self, x_blw: jax.Array, eot_b: jax.Array, prompts: jax.Array, eot_w: jax.Array
+    self,
+    x_blw: jax.Array,
+    eot_b: jax.Array,
+    has_eot_b: jax.Array,
+    prompts: jax.Array,
+    eot_w: jax.Array,
   ) -> tuple[jax.Array, jax.Array]:
+    """Inserts prompts after the start token; rewrites a pushed-out eot at position L - 1."""
     b, length, w = x_blw.shape
     if prompts.ndim == 2:
       prompts = jnp.broadcast_to(prompts[None], (b, *prompts.shape))
@@ -240,7 +247,7 @@ class TextTower(nnx.Module):
       [x_blw[:, :1], prompts.astype(x_blw.dtype), x_blw[:, 1 : length - m]], axis=1
     )
     eot_b = jnp.minimum(eot_b + m, length - 1)
-    at_eot_bl = jnp.arange(length)[None, :] == eot_b[:, None]
+    at_eot_bl = (jnp.arange(length)[None, :] == eot_b[:, None]) & has_eot_b[:, None]
     x_blw = jnp.where(at_eot_bl[:, :, None], eot_w[None, None, :], x_blw)
     return x_blw, eot_b
 

@@ -330,6 +330,15 @@ def test_prompts_truncate_keeping_eot_last(clip):
   want = _encode(clip.encode_text, clip.params, _ids([[1, 2, 3, *r][:75] for r in rows]))
   np.testing.assert_allclose(out.tokens, want.tokens, atol=1e-5)
   np.testing.assert_allclose(out.emb, want.emb, atol=1e-6)
+  # A row without EOT is only shifted (no EOT is written into it) and pools at L - 1.
+  no_eot = np.full((3, 77), 9, np.int32)
+  no_eot[:, 0] = SOT
+  out = _encode(clip.encode_text, clip.params, no_eot, table[[1, 2, 3]])
+  want = no_eot.copy()
+  want[:, 1:4] = [1, 2, 3]
+  want = _encode(clip.encode_text, clip.params, want)
+  np.testing.assert_allclose(out.tokens, want.tokens, atol=1e-5)
+  assert out.mask.all()
 
 
 def _loss(model, ids):
