@@ -302,15 +302,18 @@ def _as_permutation(map_mn: np.ndarray) -> np.ndarray | None:
   return perm
 
 
-def _contract(x: np.ndarray, axis: int, start: int, stop: int, map_mn: np.ndarray) -> np.ndarray:
+def _contract(
+  x: np.ndarray, axis: int, start: int, stop: int, map_mn: np.ndarray, perm: np.ndarray | None
+) -> np.ndarray:
   """Replaces `x[..., start:stop (axis), ...]` by `map_mn` applied along that axis (numpy).
+
+  `perm` is `_as_permutation(map_mn)` (computed once per map by the caller).
 
   A permutation map is applied as a gather (exact, and O(size) rather than a matmul).
   """
   x = np.asarray(x)
   map_mn = np.asarray(map_mn, np.float32)
   seg = np.take(x, np.arange(start, stop), axis=axis)
-  perm = _as_permutation(map_mn)
   if perm is not None:
     out = np.take(seg, perm, axis=axis)
   else:
@@ -350,9 +353,10 @@ def _weight_features(
         continue
       x = flat[name]
       if maps is not None:
+        perms = {o.group: _as_permutation(maps[o.group]) for o in binds if o.axis != b.axis}
         for o in binds:
           if o.axis != b.axis:
-            x = _contract(x, o.axis, o.start, o.stop, maps[o.group])
+            x = _contract(x, o.axis, o.start, o.stop, maps[o.group], perms[o.group])
       x = np.take(np.asarray(x), np.arange(b.start, b.stop), axis=b.axis)
       feats.append(np.moveaxis(x, b.axis, 0).reshape(b.stop - b.start, -1))
   if not feats:
@@ -450,11 +454,12 @@ def apply_maps(params: dict, spec: spec_lib.FusionSpec, maps: dict[str, jax.Arra
   if missing:
     raise KeyError(f"apply_maps: no map given for {missing}")
   flat = _flat_root(params, spec)
+  perms = {name: _as_permutation(np.asarray(m, np.float32)) for name, m in maps.items()}
   out = {}
   for name, x in flat.items():
     binds = bindings.get(name, [])
     for b in binds:
-      x = _contract(x, b.axis, b.start, b.stop, maps[b.group])
+      x = _contract(x, b.axis, b.start, b.stop, maps[b.group], perms[b.group])
     out[name] = jnp.asarray(x) if binds else x
   return spec_lib.replace_subtree(params, spec.root, tree_lib.unflatten_names(out))
 
