@@ -104,7 +104,8 @@ class MapInfo(NamedTuple):
 
   Attributes:
     size: number of units.
-    transport_cost: <plan, cost> on the (scaled) cost; 0 for a "combine" map.
+    transport_cost: <plan, cost> on the (scaled) cost; 0 for a "combine" map, NaN for the
+      members of a "heads" group (the group's own entry holds the head-level cost).
     identity_mass: trace(map) / size, the fraction of mass kept in place (1 = identity; the
       misalignment measure OTFusion logs).
     converged: Sinkhorn convergence (True for exact assignment and "combine").

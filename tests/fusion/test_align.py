@@ -223,6 +223,19 @@ def test_generic_mlp_spec_matches_reference_otfusion():
       np.testing.assert_allclose(got[name][leaf], want[name][leaf], atol=5e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("residual", ["mean", "shared"])
+def test_vit_spec_covers_the_tower_and_keeps_proj_output(model, residual):
+  spec = fusion.vit_spec_for(model.config, residual=residual, head_mode="per_head")
+  bindings, sizes = fusion.resolve(spec, model.params)
+  assert set(bindings) == set(tree_lib.names(model.params["visual"]))
+  final = "res/2/in" if residual == "mean" else "res"
+  assert [(b.axis, b.group) for b in bindings["proj"]] == [(0, final)]
+  assert {b.role for b in bindings["blocks/1/mlp/c_proj/kernel"]} == {"in"} | (
+    {"out"} if residual == "mean" else set()
+  )
+  assert sizes["mlp/1"] == 128 and sizes["qk/0"] == 32
+
+
 def test_spec_errors(model):
   good = fusion.vit_spec_for(model.config, residual="mean", head_mode="per_head")
   bad_rule = fusion.AxisRule("ln_pst/scale", 0, "res/embed", "in")
