@@ -6,7 +6,7 @@ steps, norm; eps and step sizes are traced, so sweeping ε does not recompile), 
 forward+backward over the batch per step.
 """
 
-from clipjax.attacks.apgd import apgd, apgd_checkpoints, apgd_targeted
+from clipjax.attacks.autopgd import apgd, apgd_checkpoints, apgd_targeted
 from clipjax.attacks.eot import Stochastic, bpda, eot
 from clipjax.attacks.iterative import fgsm, mim, pgd
 from clipjax.attacks.losses import (

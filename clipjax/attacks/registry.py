@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-from clipjax.attacks import apgd as apgd_lib
+from clipjax.attacks import autopgd as apgd_lib
 from clipjax.attacks import core, iterative, losses
 from clipjax.attacks.eot import Stochastic, eot
 
