@@ -4,6 +4,9 @@
 * `align`: neuron representations, transport maps (exact or Sinkhorn), propagation (`align_params`).
 * `fuse`: weighted averaging of models aligned to an anchor (`fuse`, `fuse_stream`).
 * `hierarchical`: HOT-CLIP's two-level fusion and its baselines.
+
+The package attribute `clipjax.fusion.fuse` is the function; import module-level names with
+`from clipjax.fusion.fuse import FusionAccumulator` (or from the package).
 """
 
 from clipjax.fusion.align import (
@@ -17,7 +20,7 @@ from clipjax.fusion.align import (
   vit_activations,
   vit_forward,
 )
-from clipjax.fusion.fuse import Fused, FusionAccumulator, fuse, fuse_stream
+from clipjax.fusion.fuse import Fused, FusionAccumulator, fuse, fuse_stream, l2_distance
 from clipjax.fusion.hierarchical import (
   Hierarchical,
   direct_average,
@@ -46,6 +49,7 @@ __all__ = [
   "fuse",
   "fuse_stream",
   "hierarchical_fuse",
+  "l2_distance",
   "resolve",
   "transport_map",
   "vit_activations",

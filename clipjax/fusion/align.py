@@ -439,7 +439,9 @@ def compute_maps(
   return maps, infos
 
 
-def apply_maps(params: dict, spec: spec_lib.FusionSpec, maps: dict[str, jax.Array]) -> dict:
+def apply_maps(
+  params: dict, spec: spec_lib.FusionSpec, maps: dict[str, np.ndarray | jax.Array]
+) -> dict:
   """Contracts every bound axis under `spec.root` with its map.
 
   Args:

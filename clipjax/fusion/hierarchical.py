@@ -145,7 +145,12 @@ def _flatten(loaders: Sequence[Sequence[Loader]]) -> list[Loader]:
   return [load for row in loaders for load in row]
 
 
-def direct_average(loaders: Sequence[Sequence[Loader]], *, spec=None, outside="anchor") -> dict:
+def direct_average(
+  loaders: Sequence[Sequence[Loader]],
+  *,
+  spec: spec_lib.FusionSpec | None = None,
+  outside: str = "anchor",
+) -> dict:
   """Uniform weight average of all submodels (streamed), the "Direct Average" baseline.
 
   Args:
