@@ -116,21 +116,19 @@ def evaluate(
     fn = lambda x: loss_fn.fn(x, labels, key)
   else:
     fn = lambda x: loss_fn(x, labels)
-  out_shape = jax.eval_shape(fn, x_bhwc)
-  has_success = isinstance(out_shape, tuple)
-  loss_shape = out_shape[0] if has_success else out_shape
-  if loss_shape.shape != x_bhwc.shape[:1]:
-    raise ValueError(
-      f"attack loss_fn must return a per-example loss of shape {x_bhwc.shape[:1]}, "
-      f"got {loss_shape.shape}"
-    )
 
   def total(x):
     out = fn(x)
-    loss_b, success_b = out if has_success else (out, None)
-    return jnp.sum(loss_b.astype(jnp.float32)), (loss_b, success_b)
+    loss_b = out[0] if isinstance(out, tuple) else out
+    return jnp.sum(loss_b.astype(jnp.float32)), out
 
-  (_, (loss_b, success_b)), grad_bhwc = jax.value_and_grad(total, has_aux=True)(x_bhwc)
+  (_, out), grad_bhwc = jax.value_and_grad(total, has_aux=True)(x_bhwc)
+  loss_b, success_b = out if isinstance(out, tuple) else (out, None)
+  if loss_b.shape != x_bhwc.shape[:1]:
+    raise ValueError(
+      f"attack loss_fn must return a per-example loss of shape {x_bhwc.shape[:1]}, "
+      f"got {loss_b.shape}"
+    )
   return loss_b.astype(jnp.float32), success_b, grad_bhwc
 
 

@@ -280,6 +280,17 @@ def test_registry_specs_and_errors():
   x = images(39, 3)
   x_adv = attack(x, jnp.arange(3), key(40))
   assert np.abs(np.asarray(x_adv - x)).max() <= 0.03 + 1e-6
+  specs = {
+    "fgsm": {"eps": 0.1, "norm": "l2"},
+    "mim": {"eps": 0.1, "step_size": 0.02, "steps": 3, "loss": "margin"},
+    "apgd-ce": {"eps": 0.1, "steps": 5},
+    "apgd-dlr": {"eps": 0.1, "steps": 5, "restarts": 2},
+    "apgd-t": {"eps": 0.1, "steps": 5, "n_target_classes": 2},
+  }
+  for name, fields in specs.items():  # tracing (no compilation) catches wiring errors
+    attack, _ = attacks.build_attack({"name": name, **fields}, MLP)
+    out = jax.eval_shape(attack, x, jnp.arange(3), key(41))
+    assert out.shape == x.shape, name
   with pytest.raises(ValueError, match="unknown attack 'cw'"):
     attacks.build_attack({"name": "cw", "eps": 0.1}, logits_fn)
   with pytest.raises(ValueError, match=r"missing required fields \['steps'\]"):
@@ -288,3 +299,16 @@ def test_registry_specs_and_errors():
     attacks.build_attack({"name": "fgsm", "eps": 0.1, "stepz": 1}, logits_fn)
   with pytest.raises(ValueError, match="norm"):
     attacks.build_attack({"name": "fgsm", "eps": 0.1, "norm": "l1"}, logits_fn)
+
+
+def test_more_steps_never_repair_an_example():
+  """Gradient-masking check: with success tracking, PGD's broken set only grows with steps."""
+  x = images(41, B)
+  y = jnp.argmax(MLP(x), axis=1)
+  eps = 0.06
+  broken = []
+  for steps in (1, 3, 7):
+    x_adv = attacks.pgd(MLP_CE, x, y, eps=eps, step_size=eps / 3, steps=steps, key=key(42))
+    broken.append(np.asarray(jnp.argmax(MLP(x_adv), axis=1) != y))
+  assert np.all(broken[0] <= broken[1]) and np.all(broken[1] <= broken[2])
+  assert broken[0].sum() < broken[2].sum() < B
