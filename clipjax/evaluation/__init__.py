@@ -5,6 +5,7 @@ Evaluators depend only on callables and arrays: `encode_image(pixels_bhwc in [0,
 dicts (`image`, labels, `ids`, optional `valid` for padded final batches).
 """
 
+from clipjax.evaluation.common import get_field, map_batches
 from clipjax.evaluation.linear_probe import (
   LogisticModel,
   few_shot_indices,
@@ -30,6 +31,7 @@ from clipjax.evaluation.zeroshot import (
   ZeroShotClassifier,
   build_classifier,
   encode_texts,
+  evaluate_classifier,
   evaluate_zeroshot,
   zeroshot_scores,
 )
@@ -44,14 +46,17 @@ __all__ = [
   "build_classifier",
   "classification_metrics",
   "encode_texts",
+  "evaluate_classifier",
   "evaluate_retrieval",
   "evaluate_zeroshot",
   "extract_retrieval_features",
   "few_shot_indices",
   "fit_logistic",
+  "get_field",
   "label_ranks",
   "label_set",
   "linear_probe",
+  "map_batches",
   "poisoning_success_rate",
   "recall_at_k",
   "robust_accuracy",

@@ -21,6 +21,7 @@ __all__ = [
   "ZeroShotClassifier",
   "build_classifier",
   "encode_texts",
+  "evaluate_classifier",
   "evaluate_zeroshot",
   "zeroshot_scores",
 ]
@@ -196,3 +197,20 @@ def evaluate_zeroshot(
   out = classification_metrics(scores_nc, labels_n, top_k=top_k, class_subsets=class_subsets)
   out.update(num_classes=classifier.num_classes, score_chunk=score_chunk)
   return out
+
+
+def evaluate_classifier(
+  scores_fn: Callable[[np.ndarray], Any],
+  batches: Iterable[Mapping[str, Any]],
+  *,
+  label_key: str = "label",
+  top_k: Sequence[int] = (1, 5),
+  class_subsets: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, Any]:
+  """Classification metrics of any pixel-level classifier `scores_fn(pixels_bhwc) -> scores_bc`.
+
+  For test-time defences that need the image itself (COLA's augmented views); the text side is
+  whatever `scores_fn` closes over.
+  """
+  scores_nc, labels_n = map_batches(scores_fn, batches, label_key=label_key)
+  return classification_metrics(scores_nc, labels_n, top_k=top_k, class_subsets=class_subsets)

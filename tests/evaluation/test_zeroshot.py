@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from clipjax.evaluation import ZeroShotClassifier, build_classifier, evaluate_zeroshot
+from clipjax.evaluation import (
+  ZeroShotClassifier,
+  build_classifier,
+  evaluate_classifier,
+  evaluate_zeroshot,
+)
 
 D = 16
 CLASSES = ["cat", "dog", "car", "tree"]
@@ -102,6 +107,10 @@ def test_score_fn_replaces_argmax_and_sees_chunks():
   assert seen == [4, 4, 2]
   got = evaluate_zeroshot(encode_image, clf, batches, label_key="labels/kind", score_fn=shifted)
   assert seen[-1] == 10
+  pixel_level = evaluate_classifier(
+    lambda x: shifted(encode_image(x), clf), batches, label_key="labels/kind"
+  )
+  assert pixel_level["acc1"] == 0.0 and pixel_level["n"] == 10
 
 
 def test_classifier_logits_scale_and_jax_compat():
