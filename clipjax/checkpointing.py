@@ -89,7 +89,7 @@ class Checkpointer:
     keep_period: int | None = None,
     async_save: bool = True,
   ):
-    self.directory = os.path.abspath(directory) if "://" not in directory else directory
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.save_every = save_every
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
@@ -146,7 +146,8 @@ class Checkpointer:
 
 def restore_params(directory: str, step: int | None = None) -> Any:
   """Reads only `state.params` from a clipjax checkpoint dir (`workdir/checkpoints`)."""
-  mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data_iter"))
+  directory = directory if "://" in directory else os.path.abspath(directory)
+  mngr = ocp.CheckpointManager(directory, item_names=("state", "data_iter"))
   try:
     step = mngr.latest_step() if step is None else step
     if step is None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 import numpy as np
+from etils import epath
 
 __all__ = ["MetricWriter", "NonFiniteError", "Progress", "check_finite", "to_python"]
 
@@ -68,10 +68,10 @@ class MetricWriter:
 
   def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = False):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = epath.Path(workdir) / "metrics.jsonl"
     self._tb = None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      self.path.parent.mkdir(parents=True, exist_ok=True)
       if tensorboard:
         try:
           from tensorboardX import SummaryWriter
@@ -79,14 +79,15 @@ class MetricWriter:
           raise ImportError(
             "config.tensorboard=True needs tensorboardX: pip install 'clipjax[tb]'"
           ) from e
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self._tb = SummaryWriter(str(epath.Path(workdir) / "tb"))
 
   def write(self, step: int, metrics: Mapping[str, Any], **tags: Any) -> None:
     """Writes one event `{"step": step, **tags, **metrics}`."""
     if not self.enabled:
       return
     event = {"step": int(step), **to_python(tags), **to_python(dict(metrics))}
-    with open(self.path, "a") as f:
+    # epath has no append mode on every backend (gs://): keep a handle open per event.
+    with self.path.open("a") as f:
       f.write(json.dumps(event, sort_keys=True) + "\n")
     if self._tb is not None:
       prefix = tags.get("kind", "")

@@ -1,7 +1,8 @@
 """Method registry: `get(name, **hyperparams) -> Method`.
 
 Each entry is a factory taking the method's hyper-parameters (from `config.method.kwargs`) as
-keyword arguments; unknown names list the valid ones.
+keyword arguments; unknown names list the valid ones. The baselines `clip` and `siglip` live
+here; each paper's module exports its own `METHODS` dict, merged below.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clipjax import losses
+from clipjax.methods import cola, hotclip, ncu, otcclip, otclip
 from clipjax.methods.base import Embeddings, Method
 
 __all__ = ["REGISTRY", "Embeddings", "Method", "get"]
@@ -45,6 +47,11 @@ REGISTRY: dict[str, Callable[..., Method]] = {
   "clip": _clip,
   "siglip": _siglip,
 }
+for _module in (otclip, ncu, otcclip, cola, hotclip):
+  for _name, _factory in _module.METHODS.items():
+    if _name in REGISTRY:
+      raise RuntimeError(f"Method {_name!r} registered twice ({_module.__name__}).")
+    REGISTRY[_name] = _factory
 
 
 def get(name: str, **kwargs: Any) -> Method:

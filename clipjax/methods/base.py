@@ -28,6 +28,7 @@ class Embeddings(NamedTuple):
     txt_tokens: [b, L, d] projected token features, or None.
     txt_mask: [b, L] bool validity of `txt_tokens`, or None.
     batch: the global batch dict (ground-truth flags, indices), for methods that need it.
+    extras: anything else a method's own `forward` computes (e.g. NCU's negative embeddings).
   """
 
   zimg: jax.Array
@@ -38,6 +39,7 @@ class Embeddings(NamedTuple):
   txt_tokens: jax.Array | None = None
   txt_mask: jax.Array | None = None
   batch: dict[str, jax.Array] | None = None
+  extras: dict[str, Any] | None = None
 
 
 LossFn = Callable[[Embeddings, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array], Any]]
@@ -50,8 +52,15 @@ class Method(NamedTuple):
     loss: `loss(emb, mstate, rng) -> (scalar loss, aux dict of scalars, new mstate)`.
     init: `init(embed_dim) -> mstate` (a pytree of arrays; `{}` when stateless).
     needs_tokens: whether the trainer must return patch/word tokens in `Embeddings`.
+    forward: optional `forward(model, params, batch, rng) -> Embeddings` replacing the
+      trainer's default (both towers on `batch["image"]`, `batch["ids"]`); `params` holds the
+      model's parameters plus the method's own under `params["method"]`.
+    init_params: optional `init_params(model, rng) -> dict` of extra trainable parameters
+      (NCU's prompt vectors), stored in `params["method"]` and checkpointed with the model.
   """
 
   loss: LossFn
   init: Callable[[int], Any]
   needs_tokens: bool = False
+  forward: Callable[..., Embeddings] | None = None
+  init_params: Callable[..., dict[str, Any]] | None = None

@@ -13,11 +13,12 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+from etils import epath
 
 from clipjax import checkpointing, config_lib, sharding
 from clipjax import methods as methods_lib
@@ -26,7 +27,14 @@ from clipjax.train import data_setup, optim, periodic_eval
 from clipjax.train.state import TrainState
 from clipjax.train.step import train_step
 
-__all__ = ["RESUME_KEYS", "build_model", "check_resume_compatible", "run"]
+__all__ = [
+  "RESUME_KEYS",
+  "Stage",
+  "build_model",
+  "build_stages",
+  "check_resume_compatible",
+  "run",
+]
 
 # Changing these between a checkpoint and a resume would silently change the experiment (or
 # break the saved iterator/optimizer state), so a mismatch refuses to resume.
@@ -41,6 +49,7 @@ RESUME_KEYS = [
   "data.num_workers",
   "data.context_length",
   "optim",
+  "stages",
 ]
 
 
@@ -86,11 +95,10 @@ def _replace_params(model, params, *, source: str):
 
 def check_resume_compatible(workdir: str, config: mlc.ConfigDict) -> None:
   """Raises if `workdir/config.json` exists and differs from `config` in `RESUME_KEYS`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     return
-  with open(path) as f:
-    old = json.load(f)
+  old = json.loads(path.read_text())
   new = json.loads(config.to_json_best_effort())
   diffs = config_lib.diff_configs(old, new, RESUME_KEYS)
   if diffs:
@@ -101,11 +109,64 @@ def check_resume_compatible(workdir: str, config: mlc.ConfigDict) -> None:
     )
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(metrics_lib.to_python(obj), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def _write_json(path: epath.Path, obj: Any) -> None:
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(metrics_lib.to_python(obj), indent=2, sort_keys=True))
+  tmp.replace(path)
+
+
+class Stage(NamedTuple):
+  """A contiguous range of steps trained with one method and one set of frozen parameters."""
+
+  name: str
+  start: int
+  end: int
+  method: methods_lib.Method
+  frozen: tuple[str, ...]
+
+
+def build_stages(config: mlc.ConfigDict) -> list[Stage]:
+  """`config.stages` (or one stage from `config.method` / `config.optim.frozen`)."""
+  specs = [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in config.get("stages", [])]
+  if not specs:
+    specs = [
+      {
+        "name": "train",
+        "steps": config.total_steps,
+        "method": config.method.to_dict(),
+        "frozen": list(config.optim.frozen),
+      }
+    ]
+  stages, start = [], 0
+  for i, spec in enumerate(specs):
+    unknown = set(spec) - {"name", "steps", "method", "frozen"}
+    if unknown:
+      raise ValueError(f"config.stages[{i}] has unknown keys {sorted(unknown)}.")
+    method_spec = spec.get("method", config.method.to_dict())
+    method = methods_lib.get(method_spec["name"], **dict(method_spec.get("kwargs", {})))
+    end = start + int(spec["steps"])
+    frozen = tuple(spec.get("frozen", config.optim.frozen))
+    stages.append(Stage(spec.get("name", f"stage{i}"), start, end, method, frozen))
+    start = end
+  if start != config.total_steps:
+    raise ValueError(
+      f"config.stages add up to {start} steps but config.total_steps is {config.total_steps}."
+    )
+  return stages
+
+
+def _init_params(model, stages: list[Stage], rng: jax.Array) -> dict[str, Any]:
+  params = dict(model.params)
+  extra: dict[str, Any] = {}
+  for stage in stages:
+    if stage.method.init_params is None:
+      continue
+    for k, v in stage.method.init_params(model, rng).items():
+      if k not in extra:
+        extra[k] = v
+  if extra:
+    params["method"] = extra
+  return params
 
 
 def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -114,18 +175,16 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   distributed = jax.process_count() > 1
   mesh = sharding.make_mesh(config.mesh)
   config_lib.validate_train_config(config, mesh.size)
+  wdir = epath.Path(workdir)
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
+    wdir.mkdir(parents=True, exist_ok=True)
     check_resume_compatible(workdir, config)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(sort_keys=True, indent=2))
+    (wdir / "config.json").write_text(config.to_json_best_effort(sort_keys=True, indent=2))
 
-  writer = metrics_lib.MetricWriter(
-    workdir, enabled=is_main, tensorboard=config.get("tensorboard", False)
-  )
+  stages = build_stages(config)
   model = build_model(config, jax.random.key(config.seed))
-  method = methods_lib.get(config.method.name, **dict(config.method.get("kwargs", {})))
-  tx = optim.make_optimizer(config.optim, model.params, config.total_steps)
+  params0 = _init_params(model, stages, jax.random.key(config.seed + 2))
+  tx = optim.make_optimizer(config.optim, params0, config.total_steps)
   schedule = optim.make_schedule(config.optim, config.total_steps)
 
   def init_state(params):
@@ -133,11 +192,11 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
       step=jnp.zeros((), jnp.int32),
       params=params,
       opt_state=tx.init(params),
-      method_state=method.init(model.config.embed_dim),
+      method_state=stages[0].method.init(model.config.embed_dim),
       rng=jax.random.PRNGKey(config.seed + 1),
     )
 
-  abstract = jax.eval_shape(init_state, model.params)
+  abstract = jax.eval_shape(init_state, params0)
   state_shardings = TrainState(
     step=sharding.replicated(mesh),
     params=sharding.param_shardings(abstract.params, mesh),
@@ -149,7 +208,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings
   )
   ckpt = checkpointing.Checkpointer(
-    os.path.join(workdir, "checkpoints"),
+    str(wdir / "checkpoints"),
     save_every=config.checkpoint.every_steps,
     max_to_keep=config.checkpoint.max_to_keep,
     keep_period=config.checkpoint.get("keep_period") or None,
@@ -162,25 +221,35 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     if is_main:
       print(f"Resumed from {ckpt.directory} at step {latest}.", flush=True)
   else:
-    state = jax.jit(init_state, out_shardings=state_shardings)(model.params)
-  # `model` is bound statically; its encode functions read only the `params` argument, so the
-  # initial parameters are never captured as constants of the compiled step.
-  apply_model = model
-  step_fn = jax.jit(
-    functools.partial(
-      train_step,
-      model=apply_model,
-      method=method,
-      tx=tx,
-      schedule=schedule,
-      grad_accum_steps=config.optim.grad_accum_steps,
-    ),
-    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-    out_shardings=(state_shardings, sharding.replicated(mesh)),
-    donate_argnums=0,
-  )
-  evaluator = periodic_eval.Evaluator(config, apply_model, mesh)
+    state = jax.jit(init_state, out_shardings=state_shardings)(params0)
 
+  # One compiled step per stage, built on first use. `model` is bound statically; its encode
+  # functions read only the `params` argument, so parameters are never baked in as constants.
+  step_fns: dict[int, Any] = {}
+
+  def step_fn_for(i: int):
+    if i not in step_fns:
+      stage = stages[i]
+      step_fns[i] = jax.jit(
+        functools.partial(
+          train_step,
+          model=model,
+          method=stage.method,
+          tx=tx,
+          schedule=schedule,
+          grad_accum_steps=config.optim.grad_accum_steps,
+          trainable=optim.trainable_mask(params0, stage.frozen),
+        ),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+      )
+    return step_fns[i]
+
+  writer = metrics_lib.MetricWriter(
+    str(wdir), enabled=is_main, tensorboard=config.get("tensorboard", False)
+  )
+  evaluator = periodic_eval.Evaluator(config, model, mesh)
   step = int(jax.device_get(state.step))
   first_step = step
   progress = metrics_lib.Progress(config.total_steps, config.data.batch_size, enabled=is_main)
@@ -191,10 +260,13 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   try:
     progress.start(step)
     while step < config.total_steps:
+      stage_index = next(i for i, s in enumerate(stages) if s.start <= step < s.end)
+      if is_main and len(stages) > 1 and step in (first_step, stages[stage_index].start):
+        print(f"Stage {stages[stage_index].name!r}: steps {step}..{stages[stage_index].end}.")
       t0 = time.perf_counter()
       local = next(train_iter)
       batch = sharding.make_global_batch(mesh, data_setup.model_inputs(local))
-      state, step_metrics = step_fn(state, batch)
+      state, step_metrics = step_fn_for(stage_index)(state, batch)
       step += 1
       if step == first_step + 1:
         jax.block_until_ready(step_metrics)
@@ -205,11 +277,16 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         train_time += time.perf_counter() - t0
         timed_steps += 1
       due_save = ckpt.should_save(step) or step == config.total_steps
-      if step % config.log_every_steps == 0 or due_save or step == config.total_steps:
+      if step % config.log_every_steps == 0 or due_save:
         host_metrics = jax.device_get(step_metrics)
         metrics_lib.check_finite(host_metrics, step)
         rates = progress.update(step, host_metrics) or rates
-        writer.write(step, {**host_metrics, **rates, **data_setup.stats(train_iter)}, kind="train")
+        writer.write(
+          step,
+          {**host_metrics, **rates, **data_setup.stats(train_iter)},
+          kind="train",
+          stage=stages[stage_index].name,
+        )
       if due_save:
         ckpt.save(step, state, train_iter)
       if evaluator.due(step):
@@ -230,6 +307,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ckpt.close()
     writer.close()
     preempt.restore_handler()
+    train_iter.close()
 
   summary = {
     "step": step,
@@ -240,7 +318,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     **eval_metrics,
   }
   if is_main:
-    _write_json(os.path.join(workdir, "summary.json"), summary)
+    _write_json(wdir / "summary.json", summary)
     print(periodic_eval.format_table(eval_metrics, step, final=True), flush=True)
-    print(f"Wrote {os.path.join(workdir, 'summary.json')}", flush=True)
+    print(f"Wrote {wdir / 'summary.json'}", flush=True)
   return summary

@@ -16,7 +16,13 @@ import optax
 
 from clipjax import tree as tree_lib
 
-__all__ = ["LOGIT_SCALE_MAX", "clamp_logit_scale", "make_optimizer", "make_schedule"]
+__all__ = [
+  "LOGIT_SCALE_MAX",
+  "clamp_logit_scale",
+  "make_optimizer",
+  "make_schedule",
+  "trainable_mask",
+]
 
 LOGIT_SCALE_MAX = math.log(100.0)
 
@@ -36,8 +42,8 @@ def make_schedule(optim: Any, total_steps: int) -> optax.Schedule:
 def make_optimizer(optim: Any, params: Any, total_steps: int) -> optax.GradientTransformation:
   """Builds the optax chain for `params` (a params-like pytree; only names/shapes are used).
 
-  Frozen leaves (regex `optim.frozen`) get zero updates and no optimizer state; the weight
-  decay mask excludes `optim.wd_exclude` (biases, norms, embeddings, logit scale by default).
+  The weight decay mask excludes `optim.wd_exclude` (biases, norms, embeddings, logit scale by
+  default). Freezing is not done here but by `trainable_mask` in the train step, per stage.
   """
   schedule = make_schedule(optim, total_steps)
   wd_mask = jax.tree.map(
@@ -50,14 +56,14 @@ def make_optimizer(optim: Any, params: Any, total_steps: int) -> optax.GradientT
   if optim.clip_grad_norm:
     chain.append(optax.clip_by_global_norm(optim.clip_grad_norm))
   chain.append(adamw)
-  tx = optax.chain(*chain)
-  frozen = list(optim.frozen)
-  if frozen:
-    labels = jax.tree.map(
-      lambda f: "frozen" if f else "train", tree_lib.match_mask(params, frozen, strict=True)
-    )
-    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-  return tx
+  return optax.chain(*chain)
+
+
+def trainable_mask(params: Any, frozen: list[str] | tuple[str, ...]) -> Any:
+  """Bool pytree: False for leaves whose name matches a `frozen` regex (strictly checked)."""
+  if not frozen:
+    return jax.tree.map(lambda _: True, params)
+  return jax.tree.map(lambda f: not f, tree_lib.match_mask(params, list(frozen), strict=True))
 
 
 def clamp_logit_scale(params: Any) -> Any:

@@ -16,13 +16,19 @@ from clipjax.methods import Embeddings, Method
 from clipjax.train.optim import clamp_logit_scale
 from clipjax.train.state import TrainState
 
-__all__ = ["forward", "train_step"]
+__all__ = ["forward", "model_params", "train_step"]
+
+
+def model_params(params: dict[str, Any]) -> dict[str, Any]:
+  """The model's own parameters (without a method's extra `params["method"]`)."""
+  return {k: v for k, v in params.items() if k != "method"}
 
 
 def forward(
   model: Any, params: Any, batch: dict[str, jax.Array], *, needs_tokens: bool
 ) -> Embeddings:
   """Encodes `batch["image"]` [b, h, w, 3] in [0, 1] and `batch["ids"]` [b, L]."""
+  params = model_params(params)
   img = model.encode_image(params, batch["image"])
   txt = model.encode_text(params, batch["ids"])
   return Embeddings(
@@ -38,8 +44,12 @@ def forward(
 
 
 def _loss_fn(params, batch, method_state, rng, *, model, method: Method):
-  emb = forward(model, params, batch, needs_tokens=method.needs_tokens)
-  loss, aux, new_mstate = method.loss(emb, method_state, rng)
+  fwd_rng, loss_rng = jax.random.split(rng)
+  if method.forward is not None:
+    emb = method.forward(model, params, batch, fwd_rng)
+  else:
+    emb = forward(model, params, batch, needs_tokens=method.needs_tokens)
+  loss, aux, new_mstate = method.loss(emb, method_state, loss_rng)
   return loss, (aux, new_mstate)
 
 
@@ -52,11 +62,16 @@ def train_step(
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   grad_accum_steps: int = 1,
+  trainable: Any = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch.
 
   With `grad_accum_steps > 1` the batch is split into that many micro-batches whose gradients
   are averaged; note that a contrastive loss then sees only the micro-batch as negatives.
+
+  `trainable` (a bool pytree like `params`, or None for all) freezes parameters by zeroing
+  their gradients and updates; the optimizer state keeps its structure, so stages that freeze
+  different parameters share one state (frozen leaves' moments are simply not used).
 
   Returns:
     The new state and a dict of scalar metrics (loss, grad/param norms, lr, method aux).
@@ -84,7 +99,11 @@ def train_step(
     grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
     loss = jnp.mean(losses)
     aux = jax.tree.map(lambda a: jnp.mean(a, axis=0), auxs)
+  if trainable is not None:
+    grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if trainable is not None:
+    updates = jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable)
   params = clamp_logit_scale(optax.apply_updates(state.params, updates))
   metrics = {
     "loss": loss,

@@ -11,7 +11,7 @@ import clipjax.model as model_lib
 from clipjax import methods, sharding
 from clipjax.train import optim
 from clipjax.train.state import TrainState
-from clipjax.train.step import train_step
+from clipjax.train.step import forward, train_step
 
 OPTIM = mlc.ConfigDict(
   {
@@ -25,7 +25,6 @@ OPTIM = mlc.ConfigDict(
     "clip_grad_norm": 1.0,
     "grad_accum_steps": 1,
     "wd_exclude": [r".*/bias", r".*/scale", r".*embedding.*", r"logit_.*"],
-    "frozen": [],
   }
 )
 
@@ -42,7 +41,6 @@ def _batch(rng, b=16):
 
 def _run(devices, mesh_cfg, steps=2, method_name="clip", frozen=()):
   optim_cfg = mlc.ConfigDict(OPTIM.to_dict())
-  optim_cfg.frozen = list(frozen)
   model = model_lib.create("tiny", jax.random.key(0))
   method = methods.get(method_name)
   tx = optim.make_optimizer(optim_cfg, model.params, 10)
@@ -76,6 +74,7 @@ def _run(devices, mesh_cfg, steps=2, method_name="clip", frozen=()):
       method=method,
       tx=tx,
       schedule=optim.make_schedule(optim_cfg, 10),
+      trainable=optim.trainable_mask(model.params, list(frozen)),
     ),
     in_shardings=(state_sh, sharding.batch_sharding(mesh)),
     out_shardings=(state_sh, sharding.replicated(mesh)),
@@ -90,15 +89,46 @@ def _run(devices, mesh_cfg, steps=2, method_name="clip", frozen=()):
   return losses, jax.device_get(state.params), len(traces), state
 
 
-@pytest.mark.parametrize(
-  "mesh_cfg", [{"data": 8}, {"data": 2, "fsdp": 4}, {"data": 4, "tensor": 2}]
-)
-def test_sharded_step_matches_single_device(mesh_cfg):
+def _grads(devices, mesh_cfg):
+  model = model_lib.create("tiny", jax.random.key(0))
+  method = methods.get("clip")
+  mesh = sharding.make_mesh(mesh_cfg, devices=devices)
+  p_sh = sharding.param_shardings(model.params, mesh, fsdp_min_size=256)
+
+  def loss(p, b):
+    return method.loss(forward(model, p, b, needs_tokens=False), {}, None)[0]
+
+  fn = jax.jit(
+    jax.value_and_grad(loss),
+    in_shardings=(p_sh, sharding.batch_sharding(mesh)),
+    out_shardings=(sharding.replicated(mesh), p_sh),
+  )
+  batch = sharding.make_global_batch(mesh, _batch(np.random.default_rng(5)))
+  return jax.device_get(fn(jax.device_get(model.params), batch))
+
+
+MESHES = [{"data": 8}, {"data": 2, "fsdp": 4}, {"data": 4, "tensor": 2}]
+
+
+@pytest.mark.parametrize("mesh_cfg", MESHES)
+def test_sharded_loss_and_grads_match_single_device(mesh_cfg):
+  ref_loss, ref_grads = _grads(jax.devices()[:1], {"data": 1})
+  loss, grads = _grads(jax.devices(), mesh_cfg)
+  np.testing.assert_allclose(loss, ref_loss, atol=1e-6, rtol=0)
+  # float32 reduction order: within 1e-6 relative to each leaf's largest gradient entry.
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+    assert np.max(np.abs(a - b)) <= 1e-6 * max(1.0, float(np.max(np.abs(b))))
+
+
+@pytest.mark.parametrize("mesh_cfg", MESHES)
+def test_sharded_train_steps_match_single_device(mesh_cfg):
   ref_losses, ref_params, _, _ = _run(jax.devices()[:1], {"data": 1})
   losses, params, n_traces, state = _run(jax.devices(), mesh_cfg)
   np.testing.assert_allclose(losses, ref_losses, atol=1e-6, rtol=0)
+  # Adam divides by sqrt(v): reduction-order differences of 1e-7 in tiny gradients become a
+  # few 1e-6 in the updated parameters (lr 1e-3); gradients are compared at 1e-6 above.
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-    np.testing.assert_allclose(a, b, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
   assert n_traces == 1, "train_step was retraced after the first step"
   if "fsdp" in mesh_cfg:
     spec = state.params["visual"]["blocks"]["0"]["mlp"]["c_fc"]["kernel"].sharding.spec
@@ -127,8 +157,6 @@ def test_grad_accumulation_equals_mean_of_microbatch_grads():
   apply = model
 
   def loss(p, b):
-    from clipjax.train.step import forward
-
     return method.loss(forward(apply, p, b, needs_tokens=False), {}, None)[0]
 
   g1 = jax.grad(loss)(model.params, {k: v[:4] for k, v in batch.items()})
