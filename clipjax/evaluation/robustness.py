@@ -54,6 +54,7 @@ def robust_accuracy(
   key: jax.Array,
   label_key: str = "label",
   max_examples: int | None = None,
+  attack_logits_fn: Callable | Stochastic | None = None,
 ) -> dict[str, Any]:
   """Clean and robust accuracy of a classifier under a list of attacks.
 
@@ -67,11 +68,15 @@ def robust_accuracy(
     key: PRNG key (folded with the batch index, so results do not depend on batching order).
     label_key: label field (e.g. "label" or "labels/shape").
     max_examples: stop after this many valid examples (RobustVLM evaluates 1000 per dataset).
+    attack_logits_fn: the model the attacks differentiate, if not `logits_fn` (transfer /
+      non-adaptive evaluation, e.g. COLA's protocol attacks the undefended CLIP and evaluates the
+      defence); None = adaptive white-box attacks on `logits_fn` itself.
 
   Returns:
     dict with `n`, `clean_acc`, `robust_acc` (worst case over attacks), `attacks` (one entry per
     attack: `spec` with all defaults, `robust_acc`, `success_rate` on clean-correct examples),
-    `per_example` (`clean_correct` [n], `success` {name: [n]}, `robust` [n]) and `seconds`.
+    `per_example` (`clean_correct` [n], `success` {name: [n]}, `robust` [n]), `adaptive`
+    (whether the attacks saw `logits_fn`), `seconds` and `examples_per_second`.
   """
   if not attacks:
     raise ValueError("robust_accuracy needs at least one attack spec")
@@ -79,7 +84,7 @@ def robust_accuracy(
   for spec in attacks:
     spec = dict(spec)
     label = spec.pop("label", None) or spec.get("name")
-    fn, full = build_attack(spec, logits_fn)
+    fn, full = build_attack(spec, logits_fn if attack_logits_fn is None else attack_logits_fn)
     built.append((label, jax.jit(fn), full))
   names = [b[0] for b in built]
   if len(set(names)) != len(names):
@@ -131,13 +136,16 @@ def robust_accuracy(
         "success_rate": float(np.mean(s[clean_n])) if clean_n.any() else float("nan"),
       }
     )
+  seconds = time.perf_counter() - start
   return {
     "n": n,
     "clean_acc": float(np.mean(clean_n)),
     "robust_acc": float(np.mean(robust_n)),
     "attacks": per_attack,
     "per_example": {"clean_correct": clean_n, "success": success_n, "robust": robust_n},
-    "seconds": time.perf_counter() - start,
+    "adaptive": attack_logits_fn is None,
+    "seconds": seconds,
+    "examples_per_second": n / seconds,
   }
 
 

@@ -71,6 +71,15 @@ def test_stochastic_defence_and_errors():
   spec = {"name": "pgd", "eps": 1.0, "step_size": 0.5, "steps": 3, "eot_draws": 2}
   got = robust_accuracy(noisy, batches_of(x, y, 6), [spec], key=jax.random.key(1, impl="rbg"))
   assert got["clean_acc"] == 1.0 and got["robust_acc"] == 0.0
+  # Transfer from an "anti" surrogate (negated weights) only widens the true margin.
+  transfer = robust_accuracy(
+    logits_fn,
+    batches_of(x, y, 6),
+    [{"name": "pgd", "eps": 1.0, "step_size": 0.5, "steps": 3}],
+    key=jax.random.key(1, impl="rbg"),
+    attack_logits_fn=lambda z: -logits_fn(z),
+  )
+  assert transfer["robust_acc"] == 1.0 and not transfer["adaptive"]
   with pytest.raises(ValueError, match="unique"):
     robust_accuracy(logits_fn, batches_of(x, y, 6), [spec, spec], key=jax.random.key(1))
   with pytest.raises(ValueError, match="at least one attack"):
