@@ -94,6 +94,10 @@ def build_attack(
     raise ValueError(f"attack {name!r}: missing required fields {missing}")
   core.check_norm(full["norm"])
   eps, norm = full["eps"], full["norm"]
+  if eps < 0:
+    raise ValueError(f"attack {name!r}: eps must be >= 0, got {eps}")
+  if full.get("steps") is not None and full["steps"] < 1:
+    raise ValueError(f"attack {name!r}: steps must be >= 1, got {full['steps']}")
   stochastic = isinstance(logits_fn, Stochastic)
 
   if name in ("fgsm", "pgd", "mim"):

@@ -297,6 +297,8 @@ def test_registry_specs_and_errors():
     attacks.build_attack({"name": "pgd", "eps": 0.1, "step_size": 0.1}, logits_fn)
   with pytest.raises(ValueError, match="unknown fields"):
     attacks.build_attack({"name": "fgsm", "eps": 0.1, "stepz": 1}, logits_fn)
+  with pytest.raises(ValueError, match="eps must be >= 0"):
+    attacks.build_attack({"name": "fgsm", "eps": -0.1}, logits_fn)
   with pytest.raises(ValueError, match="norm"):
     attacks.build_attack({"name": "fgsm", "eps": 0.1, "norm": "l1"}, logits_fn)
 
