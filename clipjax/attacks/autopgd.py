@@ -32,7 +32,7 @@ from clipjax.attacks.losses import dlr_targeted_objective
 __all__ = ["apgd", "apgd_checkpoints", "apgd_targeted"]
 
 
-def apgd_checkpoints(steps: int) -> list[int]:
+def apgd_checkpoints(steps: int) -> list[tuple[int, int]]:
   """Iteration indices (0-based) after which APGD checks its step size, and their windows.
 
   Returns:
