@@ -168,6 +168,7 @@ def train_config() -> mlc.ConfigDict:
   c.data.train = {"name": "synthetic", "split": "train", "seed": 0}  # see clipjax.train.data_setup
   c.data.batch_size = 128  # global batch
   c.data.image_size = 48  # model input resolution (overrides model vision.image_size)
+  c.data.tokenizer = ""  # BPE merges file ("": OpenAI's vocabulary, shipped with clipjax)
   c.data.context_length = 32  # tokens per caption (overrides model text.context_length)
   c.data.augment = False  # random-resized-crop/flip would destroy position words
   c.data.num_workers = 0  # grain workers; 0 is fastest on 2 cores

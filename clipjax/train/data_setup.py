@@ -24,7 +24,7 @@ def _tokenizer(merges_path: str | None, context_length: int) -> Tokenizer:
 
 def tokenizer(config: mlc.ConfigDict) -> Tokenizer:
   """The shipped CLIP BPE (or `config.data.tokenizer` merges file) at the config's length."""
-  return _tokenizer(config.data.get("tokenizer", "") or None, config.data.context_length)
+  return _tokenizer(config.data.tokenizer or None, config.data.context_length)
 
 
 def train_iterator(config: mlc.ConfigDict, process_index: int, process_count: int):

@@ -8,10 +8,8 @@ saved config differs in keys that matter is refused with the list of differences
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-import os
 import time
 from typing import Any, NamedTuple
 
@@ -20,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 from etils import epath
 
-from clipjax import checkpointing, config_lib, sharding
+from clipjax import checkpointing, config_lib, runs, sharding
 from clipjax import methods as methods_lib
 from clipjax import metrics as metrics_lib
 from clipjax.train import data_setup, optim, periodic_eval
@@ -54,43 +52,18 @@ RESUME_KEYS = [
 
 
 def build_model(config: mlc.ConfigDict, rng: jax.Array):
-  """`clipjax.model.create` or `load` (fine-tuning from `config.model.init_checkpoint`)."""
-  import clipjax.model as model_lib
-
-  overrides = config.model.get("overrides", mlc.ConfigDict()).to_dict()
-  # The data config is the single source of truth for input sizes.
-  overrides["vision.image_size"] = config.data.image_size
-  overrides["text.context_length"] = config.data.context_length
-  init = config.model.get("init_checkpoint", "")
-  if not init:
-    return model_lib.create(config.model.name, rng, **_flatten(overrides))
-  ckpt_dir = os.path.join(init, "checkpoints")
-  if os.path.isdir(ckpt_dir):
-    model = model_lib.create(config.model.name, rng, **_flatten(overrides))
-    params = checkpointing.restore_params(ckpt_dir)
-    return _replace_params(model, params, source=init)
-  return model_lib.load(init, **_flatten(overrides))
-
-
-def _flatten(overrides: dict[str, Any]) -> dict[str, Any]:
-  """`{"vision": {"pool": "mean"}}` -> `{"vision.pool": "mean"}` (dotted keys kept)."""
-  out = {}
-  for k, v in overrides.items():
-    if isinstance(v, dict):
-      out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-    else:
-      out[k] = v
-  return out
-
-
-def _replace_params(model, params, *, source: str):
-  expected = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), model.params)
-  got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params)
-  if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+  """The run's model: random init, or `config.model.init_checkpoint` (workdir or import)."""
+  model = runs.build_model(
+    config.model.to_dict(), config.data.image_size, config.data.context_length, rng
+  )
+  got = (model.config.vision.image_size, model.config.text.context_length)
+  want = (config.data.image_size, config.data.context_length)
+  if got != want:
     raise ValueError(
-      f"Parameters in {source!r} do not match model {model.config}: expected {expected}, got {got}."
+      f"model.init_checkpoint {config.model.init_checkpoint!r} has (image_size, context_length)"
+      f" = {got}, but config.data asks for {want}; set data.image_size / data.context_length."
     )
-  return dataclasses.replace(model, params=jax.tree.map(jnp.asarray, params))
+  return model
 
 
 def check_resume_compatible(workdir: str, config: mlc.ConfigDict) -> None:

@@ -6,6 +6,7 @@ and at the end of training; results go to metrics.jsonl (kind "eval") and summar
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -44,14 +45,22 @@ class Evaluator:
       context_length=self.config.data.context_length,
       batch_size=self.config.eval.batch_size,
       max_examples=self.config.eval.max_examples,
+      tokenizer=self.config.data.get("tokenizer", ""),
       process_index=jax.process_index(),
       process_count=jax.process_count(),
     )
 
 
+_HEADLINE = re.compile(r".*/(zeroshot/.*/acc1|retrieval/.*_recall@(1|5))$")
+
+
 def format_table(metrics: dict[str, Any], step: int, *, final: bool = False) -> str:
-  """Markdown table of the eval metrics; `x/chance` entries are shown beside their metric."""
-  rows = [(k, v) for k, v in sorted(metrics.items()) if not k.endswith("/chance")]
+  """Markdown table of the headline eval metrics (top-1 per label set, R@1/R@5) with chance.
+
+  Everything else (top-5, balanced accuracy, counts, throughput) is in metrics.jsonl and
+  summary.json.
+  """
+  rows = [(k, v) for k, v in sorted(metrics.items()) if _HEADLINE.match(k)]
   if not rows:
     return f"(no evaluation at step {step})"
   title = "Final evaluation" if final else "Evaluation"
