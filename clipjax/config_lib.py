@@ -170,6 +170,7 @@ def train_config() -> mlc.ConfigDict:
   c.data.image_size = 48  # model input resolution (overrides model vision.image_size)
   c.data.tokenizer = ""  # BPE merges file ("": OpenAI's vocabulary, shipped with clipjax)
   c.data.context_length = 32  # tokens per caption (overrides model text.context_length)
+  c.data.train_labels = []  # label sets sent to the train step as batch["labels/<name>"]
   c.data.augment = False  # random-resized-crop/flip would destroy position words
   c.data.num_workers = 0  # grain workers; 0 is fastest on 2 cores
   c.data.max_bad_fraction = 0.01  # stop if more records than this are undecodable

@@ -371,6 +371,7 @@ def make_train_iterator(
   num_epochs: int | None = None,
   max_bad_fraction: float = 0.01,
   min_records_for_check: int = 1000,
+  label_names: Sequence[str] = (),
 ) -> TrainIterator:
   """Builds the training iterator (see module docstring).
 
@@ -393,6 +394,8 @@ def make_train_iterator(
     num_epochs: None for an infinite stream.
     max_bad_fraction: stop with `BadRecordsError` above this fraction of bad records.
     min_records_for_check: the fraction is checked only after this many records.
+    label_names: label sets of the source to include as ``labels`` {name: int32 [b]}
+      (supervised objectives such as adversarial fine-tuning).
 
   Returns:
     a `TrainIterator` of host-local batches.
@@ -413,7 +416,19 @@ def make_train_iterator(
   it_ds = ds.to_iter_dataset(
     grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, 16))
   )
-  collate = _Collate(tokenize, image_size, flag_keys=tuple(getattr(source, "flag_keys", ()) or ()))
+  known = label_sets_of(source)
+  missing = [n for n in label_names if n not in known]
+  if missing:
+    raise ValueError(
+      f"{source_name(source)}: label sets {missing} requested for training, source has "
+      f"{sorted(known)}"
+    )
+  collate = _Collate(
+    tokenize,
+    image_size,
+    flag_keys=tuple(getattr(source, "flag_keys", ()) or ()),
+    label_names=tuple(label_names),
+  )
   it_ds = _SkipBadBatch(
     it_ds, batch_size, collate, max_bad_fraction=max_bad_fraction, min_records=min_records
   )

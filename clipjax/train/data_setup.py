@@ -41,12 +41,20 @@ def train_iterator(config: mlc.ConfigDict, process_index: int, process_count: in
     process_count=process_count,
     num_workers=config.data.num_workers,
     max_bad_fraction=config.data.max_bad_fraction,
+    label_names=tuple(config.data.train_labels),
   )
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, np.ndarray]:
-  """The numeric arrays of a host batch that the train step consumes."""
-  return {k: np.asarray(batch[k]) for k in _MODEL_KEYS if k in batch}
+  """The numeric arrays of a host batch that the train step consumes.
+
+  Label sets requested with `config.data.train_labels` arrive as `labels/<name>` int32 [b]
+  (−1 where the source has no label).
+  """
+  out = {k: np.asarray(batch[k]) for k in _MODEL_KEYS if k in batch}
+  for name, labels in batch.get("labels", {}).items():
+    out[f"labels/{name}"] = np.asarray(labels)
+  return out
 
 
 def stats(it: Any) -> dict[str, float]:

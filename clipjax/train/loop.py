@@ -46,6 +46,7 @@ RESUME_KEYS = [
   "data.image_size",
   "data.num_workers",
   "data.context_length",
+  "data.train_labels",
   "optim",
   "stages",
 ]
