@@ -1,0 +1,255 @@
+"""OT-CLIP: limit cases of the OT loss family, OT inference oracles, and a config smoke run."""
+
+import json
+import math
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot as pot
+import pytest
+
+from clipjax import losses
+from clipjax import methods as methods_lib
+from clipjax.methods import otclip
+from clipjax.methods.base import Embeddings
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _unit(x):
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _pair(n=6, d=5, seed=0, noise=1.0):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  zi = _unit(jax.random.normal(k1, (n, d)))
+  zt = _unit(zi + noise * jax.random.normal(k2, (n, d)))
+  return zi, zt
+
+
+def _method(**kw):
+  base = dict(
+    loss="entropic",
+    temperature="logit_scale",
+    epsilon=0.01,
+    num_iters=5,
+    grad="unroll",
+    direction="both",
+    ot_weight=1.0,
+    infonce_weight=0.0,
+  )
+  base.update(kw)
+  return methods_lib.get("otclip", **base)
+
+
+def test_row_normalisation_is_i2t_infonce_exactly():
+  zi, zt = _pair()
+  scale = 7.0
+  _, ref = losses.clip_loss(zi, zt, scale)
+  # UOT with a free column marginal and one iteration = one row normalisation.
+  v, _ = otclip.ot_clip_loss(
+    zi, zt, 1.0 / scale, kind="uot", direction="i2t", num_iters=1, rho_b=0.0
+  )
+  np.testing.assert_allclose(v, ref["loss_i2t"], rtol=1e-6)
+  # DBOT with a box so wide no column bound is active: the same row softmax.
+  v, _ = otclip.ot_clip_loss(zi, zt, 1.0 / scale, kind="dbot", direction="i2t", num_iters=1,
+                             delta=1e6)  # fmt: skip
+  np.testing.assert_allclose(v, ref["loss_i2t"], rtol=1e-6)
+  v, _ = otclip.ot_clip_loss(
+    zi, zt, 1.0 / scale, kind="uot", direction="t2i", num_iters=1, rho_b=0.0
+  )
+  np.testing.assert_allclose(v, ref["loss_t2i"], rtol=1e-6)
+
+
+def test_both_directions_is_symmetric_infonce_through_the_method():
+  zi, zt = _pair(n=8)
+  emb = Embeddings(zimg=zi, ztxt=zt, logit_scale=jnp.asarray(12.0))
+  m = _method(loss="uot", num_iters=1, rho_b=0.0)
+  v, aux, _ = m.loss(emb, m.init(5), None)
+  ref, _ = losses.clip_loss(zi, zt, 12.0)
+  np.testing.assert_allclose(v, ref, rtol=1e-6)
+  assert {"ot_i2t/converged", "ot_t2i/n_iters", "ot_i2t/entropy", "ot_t2i/diag_mass"} <= set(aux)
+  # InfoNCE added with weight w adds exactly w * InfoNCE.
+  m2 = _method(loss="uot", num_iters=1, rho_b=0.0, infonce_weight=0.5)
+  v2, _, _ = m2.loss(emb, {}, None)
+  np.testing.assert_allclose(v2, 1.5 * ref, rtol=1e-6)
+
+
+def test_converged_entropic_plan_matches_pot_and_kl_formula():
+  zi, zt = _pair(n=5, noise=0.5)
+  eps = 0.2
+  cost = np.asarray(1.0 - zi @ zt.T, np.float64)
+  out = otclip.ot_plan(jnp.asarray(cost / eps), None, None, kind="entropic", num_iters=2000,
+                       grad="implicit", threshold=1e-7)  # fmt: skip
+  u = np.full(5, 0.2)
+  ref = pot.sinkhorn(u, u, cost, eps, numItermax=10000, stopThr=1e-12)
+  np.testing.assert_allclose(out.plan, ref, atol=1e-6)
+  v, _ = otclip.ot_clip_loss(zi, zt, eps, kind="entropic", direction="i2t", num_iters=2000,
+                             grad="implicit", threshold=1e-7)  # fmt: skip
+  np.testing.assert_allclose(v, -np.mean(np.log(5 * np.diag(ref))), rtol=1e-4)
+
+
+def test_kl_to_identity_zero_at_identity_and_dbot_zero_delta_is_balanced():
+  np.testing.assert_allclose(otclip.kl_to_identity(jnp.eye(4) / 4), 0.0, atol=1e-7)
+  zi, zt = _pair(n=6, noise=0.7)
+  kw = dict(direction="i2t", num_iters=400)
+  a, _ = otclip.ot_clip_loss(zi, zt, 0.3, kind="dbot", delta=0.0, **kw)
+  b, _ = otclip.ot_clip_loss(zi, zt, 0.3, kind="entropic", **kw)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_fgw_reduces_to_entropic_as_weight_goes_to_zero():
+  zi, zt = _pair(n=6, noise=0.7)
+  kw = dict(direction="both", num_iters=5)
+  ent, _ = otclip.ot_clip_loss(zi, zt, 0.1, kind="entropic", **kw)
+  f0, _ = otclip.ot_clip_loss(zi, zt, 0.1, kind="fgw", alpha=0.0, outer_iters=3, **kw)
+  np.testing.assert_allclose(f0, ent, rtol=1e-6)
+  diffs = [
+    abs(float(otclip.ot_clip_loss(zi, zt, 0.1, kind="fgw", alpha=a, outer_iters=3, **kw)[0]) - ent)
+    for a in (1e-1, 1e-2, 1e-3)
+  ]
+  assert diffs[0] > 1e-4 and diffs[0] > diffs[1] > diffs[2]
+  assert diffs[2] < 2e-2 * diffs[0]  # linear in α
+  # UFGW with hard marginals is FGW.
+  u, _ = otclip.ot_clip_loss(zi, zt, 0.1, kind="ufgw", alpha=0.1, outer_iters=3, **kw)
+  f, _ = otclip.ot_clip_loss(zi, zt, 0.1, kind="fgw", alpha=0.1, outer_iters=3, **kw)
+  np.testing.assert_allclose(u, f, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", otclip.LOSSES)
+def test_permutation_invariance(kind):
+  zi, zt = _pair(n=7, noise=0.6)
+  perm = np.array([3, 0, 6, 1, 5, 2, 4])
+  kw = dict(kind=kind, num_iters=4, rho_a=2.0, rho_b=2.0, alpha=0.2, outer_iters=2)
+  a, _ = otclip.ot_clip_loss(zi, zt, 0.1, **kw)
+  b, _ = otclip.ot_clip_loss(zi[perm], zt[perm], 0.1, **kw)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", otclip.LOSSES)
+def test_gradients_finite_small_eps_large_scale_degenerate_batches(kind):
+  zi, zt = _pair(n=6, noise=0.4)
+  kw = dict(kind=kind, num_iters=5, rho_a=1.0, rho_b=1.0, alpha=0.1, outer_iters=2)
+  for eps in (1e-3, 1.0 / 100.0):
+    g = jax.grad(lambda a, b, e=eps: otclip.ot_clip_loss(a, b, e, **kw)[0], argnums=(0, 1))(zi, zt)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in g), eps
+  # Learned temperature: gradient w.r.t. logit_scale is finite too.
+  gs = jax.grad(lambda s: otclip.ot_clip_loss(zi, zt, 1.0 / s, **kw)[0])(jnp.asarray(100.0))
+  assert jnp.isfinite(gs)
+  # Identical embeddings: every plan entry equal (balanced variants: loss = log N), no NaN.
+  same = jnp.tile(zi[:1], (6, 1))
+  v, aux = otclip.ot_clip_loss(same, same, 0.01, **kw)
+  g = jax.grad(lambda a: otclip.ot_clip_loss(a, same, 0.01, **kw)[0])(same)
+  assert jnp.isfinite(v) and bool(jnp.all(jnp.isfinite(g)))
+  if kind in ("entropic", "dbot", "fgw"):
+    np.testing.assert_allclose(v, math.log(6), rtol=1e-5)
+  # A batch of one: the plan is the identity, loss 0 for balanced variants.
+  v1 = otclip.ot_clip_loss(zi[:1], zt[:1], 0.01, **kw)[0]
+  g1 = jax.grad(lambda a: otclip.ot_clip_loss(a, zt[:1], 0.01, **kw)[0])(zi[:1])
+  assert jnp.isfinite(v1) and bool(jnp.all(jnp.isfinite(g1)))
+  if kind in ("entropic", "dbot", "fgw"):
+    np.testing.assert_allclose(v1, 0.0, atol=1e-6)
+
+
+def test_bad_kwargs_raise():
+  with pytest.raises(ValueError, match="loss must be one of"):
+    _method(loss="sinkhorn")
+  with pytest.raises(ValueError, match="temperature"):
+    _method(temperature="learned")
+  zi, zt = _pair()
+  with pytest.raises(ValueError, match=r"\[N, d\]"):
+    otclip.ot_clip_loss(zi, zt[:3], 0.1, kind="entropic", num_iters=1)
+
+
+# --- inference ---------------------------------------------------------------------------------
+
+
+def _clusters(n_per=(12, 4, 2), d=6, seed=1, spread=0.25):
+  """Class embeddings T and images drawn around them; returns x, t, labels."""
+  rng = np.random.default_rng(seed)
+  t = np.asarray(_unit(jnp.asarray(rng.standard_normal((len(n_per), d)))))
+  labels = np.repeat(np.arange(len(n_per)), n_per)
+  x = t[labels] + spread * rng.standard_normal((labels.size, d))
+  return np.asarray(_unit(jnp.asarray(x)), np.float32), t.astype(np.float32), labels
+
+
+def test_fgw_zeroshot_zero_iters_is_argmax_and_ott_reference_runs():
+  x, t, labels = _clusters()
+  p = otclip.fgw_zeroshot(x, t, alpha1=0.5, alpha2=0.5, epsilon=0.05, num_iters=0)
+  np.testing.assert_array_equal(np.argmax(p, 1), np.argmax(x @ t.T, 1))
+  np.testing.assert_allclose(np.sum(p, 1), 1.0, rtol=1e-5)
+  p3 = otclip.fgw_zeroshot(x, t, alpha1=0.5, alpha2=0.5, epsilon=0.05, num_iters=3)
+  assert np.mean(np.argmax(p3, 1) == labels) >= np.mean(np.argmax(x @ t.T, 1) == labels)
+  ref = otclip.fgw_zeroshot_ott(x, t, fused_penalty=1.0, epsilon=0.05)
+  assert ref.shape == (x.shape[0], t.shape[0]) and bool(jnp.all(jnp.isfinite(ref)))
+
+
+def test_prior_sinkhorn_uniform_prior_is_balanced_sinkhorn_and_matches_pot():
+  x, t, _ = _clusters()
+  eps = 0.05
+  s_u, diag = otclip.prior_sinkhorn(x, t, np.ones(3), epsilon=eps)
+  s_none, _ = otclip.prior_sinkhorn(x, t, None, epsilon=eps)
+  np.testing.assert_allclose(s_u, s_none, atol=1e-6)
+  assert float(diag["ot/converged"]) == 1.0
+  prior = np.array([12.0, 4.0, 2.0]) / 18.0
+  s_p, _ = otclip.prior_sinkhorn(x, t, prior, epsilon=eps)
+  n = x.shape[0]
+  ref = pot.sinkhorn(np.full(n, 1.0 / n), prior, (1.0 - x @ t.T).astype(np.float64), eps,
+                     numItermax=20000, stopThr=1e-12)  # fmt: skip
+  np.testing.assert_allclose(np.asarray(s_p) / n, ref, atol=2e-5)
+  np.testing.assert_allclose(np.sum(s_p, 0) / n, prior, atol=1e-3)
+
+
+def test_score_fn_plugs_into_zeroshot_hook():
+  from clipjax.evaluation import zeroshot
+
+  x, t, labels = _clusters()
+  clf = zeroshot.ZeroShotClassifier(t, ("a", "b", "c"), ("{}",))
+  for rule, kw in (
+    ("argmax", {}),
+    ("fgw", dict(alpha1=0.3, alpha2=0.3, epsilon=0.05, num_iters=2)),
+    ("prior", dict(prior_c=np.array([12.0, 4.0, 2.0]), epsilon=0.05)),
+  ):
+    s = zeroshot.zeroshot_scores(x, clf, score_fn=otclip.score_fn(rule, **kw))
+    assert s.shape == (x.shape[0], 3)
+    assert np.mean(np.argmax(s, 1) == labels) > 0.8, rule
+  with pytest.raises(ValueError, match="rule must be one of"):
+    otclip.score_fn("lp")
+
+
+def test_partial_ot_selective_drops_outliers_and_risk_coverage():
+  x, t, labels = _clusters(n_per=(6, 6, 6), spread=0.2)
+  # Two outliers far from every class (antipodal to the mean class direction).
+  far = -np.asarray(_unit(jnp.asarray(t.sum(0, keepdims=True))))
+  x = np.concatenate([x, far, far], 0).astype(np.float32)
+  pred, conf, sel = otclip.partial_ot_selective(x, t, coverage=0.8, epsilon=0.05)
+  n = x.shape[0]
+  assert int(np.sum(sel)) == math.ceil(0.8 * n)
+  assert not sel[-1] and not sel[-2]
+  assert np.all((conf >= 0) & (conf <= 1 + 1e-4))
+  rc = otclip.risk_coverage(pred[:-2], conf[:-2], labels, coverages=(0.5, 1.0))
+  assert set(rc) == {"risk@0.5", "risk@1", "aurc"}
+  # Known answer: confidences order the errors last.
+  rc = otclip.risk_coverage(
+    np.array([0, 1, 1, 0]), np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 1, 0, 1]), (0.5, 0.75, 1.0)
+  )
+  want = {"risk@0.5": 0.0, "risk@0.75": 1 / 3, "risk@1": 0.5, "aurc": (1 / 3 + 0.5) / 4}
+  assert rc == pytest.approx(want)
+
+
+def test_smoke_config_trains_through_loop(tmp_path):
+  sys.path.insert(0, REPO)
+  from clipjax.train import loop
+  from configs import otclip as otclip_config
+
+  c = otclip_config.get_config("loss=fgw,smoke")
+  c.eval.datasets = {}
+  summary = loop.run(c, str(tmp_path))
+  assert summary["finished"] and summary["step"] == c.total_steps
+  events = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = [e for e in events if e.get("kind") == "train"]
+  assert train and all(math.isfinite(e["loss"]) for e in train)
+  assert any("ot_i2t/diag_mass" in k for k in train[-1])
