@@ -1,0 +1,261 @@
+"""Task ``cola_eval``: clean and robust accuracy of COLA and its ablations on a checkpoint.
+
+``run(config, workdir)`` (dispatched by ``clipjax.main`` for ``config.task == "cola_eval"``,
+see ``configs/cola.py``):
+
+1. builds the model as the trainer does (``config.model``, ``config.data.image_size`` /
+   ``context_length``; ``config.model.init_checkpoint`` = a clipjax workdir or a checkpoint file);
+2. reads the first ``config.eval.max_examples`` examples of ``config.eval.dataset`` and the label
+   set ``config.eval.label_set`` (its class names and templates; optional descriptions from
+   ``config.cola.descriptions_path``);
+3. evaluates the plain zero-shot classifier (``base``) and every COLA variant in
+   ``config.cola.variants`` (``ColaConfig`` overrides of ``config.cola.base``):
+
+   * clean accuracy (one deterministic view draw from ``config.seed``);
+   * ``transfer`` (the paper's non-adaptive protocol): adversarial examples of each attack in
+     ``config.attacks`` computed on ``base``, then classified by every classifier;
+   * ``adaptive``: each attack run end-to-end through the variant (gradients through the
+     views, projection, entropy weights and Sinkhorn; EOT over ``config.eot_draws`` view draws
+     per gradient), the random views used for the prediction being a fresh draw.
+
+4. measures COLA's overhead beyond the N image-encoder passes, and writes ``results.json`` and
+   ``results.md`` (a markdown table) to ``workdir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from etils import epath
+
+from clipjax.attacks import Stochastic, build_attack
+from clipjax.data import registry, transforms
+from clipjax.data.tokenizer import Tokenizer
+from clipjax.evaluation.robustness import robust_accuracy
+from clipjax.evaluation.zeroshot import build_classifier, encode_texts
+from clipjax.methods import cola
+
+__all__ = ["load_examples", "run", "text_side"]
+
+
+def load_examples(
+  spec: dict[str, Any], label_set: str, image_size: int, max_examples: int
+) -> tuple[np.ndarray, np.ndarray, Any]:
+  """First ``max_examples`` images ([n, s, s, 3] float32 in [0, 1]), labels and the label set."""
+  source = registry.build_source(spec, image_size)
+  sets = getattr(source, "label_sets", None) or {}
+  if label_set not in sets:
+    raise ValueError(
+      f"eval.label_set {label_set!r} not offered by {spec.get('name')!r}; available: {sorted(sets)}"
+    )
+  n = min(int(max_examples), len(source))
+  images, labels = [], []
+  for i in range(n):
+    ex = source[i]
+    img = transforms.as_uint8_rgb(ex["image"], f"{spec.get('name')}[{i}]")
+    if img.shape[:2] != (image_size, image_size):
+      img = transforms.resize_center_crop(img, image_size)
+    images.append(img)
+    labels.append(int(ex["labels"][label_set]))
+  x = np.stack(images).astype(np.float32) / np.float32(255.0)
+  return x, np.asarray(labels, np.int32), sets[label_set]
+
+
+def text_side(
+  encode_text, tokenize, classnames, templates, descriptions, *, max_descriptions, num_components
+) -> cola.ColaText:
+  """Encodes COLA's per-class prompts into a padded [K, M, d] :class:`cola.ColaText`."""
+  prompts_k = cola.class_prompts(
+    classnames, templates, descriptions, max_descriptions=max_descriptions
+  )
+  flat = [p for ps in prompts_k for p in ps]
+  emb = encode_texts(encode_text, tokenize, flat)
+  m = max(len(ps) for ps in prompts_k)
+  z_kmd = np.zeros((len(prompts_k), m, emb.shape[1]), np.float32)
+  mask_km = np.zeros((len(prompts_k), m), bool)
+  start = 0
+  for k, ps in enumerate(prompts_k):
+    z_kmd[k, : len(ps)] = emb[start : start + len(ps)]
+    mask_km[k, : len(ps)] = True
+    start += len(ps)
+  return cola.build_text(z_kmd, mask_km, num_components)
+
+
+def _batches(x, y, batch_size):
+  for start in range(0, x.shape[0], batch_size):
+    yield {"image": x[start : start + batch_size], "label": y[start : start + batch_size]}
+
+
+def _timed(fn, *args, repeats=3):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Evaluates COLA per ``config`` (see module docstring); returns the results dict."""
+  from clipjax.train.loop import build_model
+
+  wdir = epath.Path(workdir)
+  wdir.mkdir(parents=True, exist_ok=True)
+  (wdir / "config.json").write_text(config.to_json_best_effort(sort_keys=True, indent=2))
+  model = build_model(config, jax.random.key(config.seed))
+  params = model.params
+  ev = config.eval
+  x_all, y_all, lset = load_examples(
+    ev.dataset.to_dict(), ev.label_set, config.data.image_size, ev.max_examples
+  )
+  tok = Tokenizer.default()
+  tokenize = lambda texts: tok(texts, context_length=config.data.context_length)
+  encode_text = jax.jit(lambda ids: model.encode_text(params, ids).emb)
+  encode_image = lambda px: model.encode_image(params, px).emb
+
+  ccfg = config.cola
+  descriptions = None
+  if ccfg.descriptions_path:
+    descriptions = cola.load_descriptions(ccfg.descriptions_path, lset.classnames)
+  base_cfg = ccfg.base.to_dict()
+  variants = {
+    name: cola.ColaConfig.from_dict({**base_cfg, **dict(over)})
+    for name, over in ccfg.variants.to_dict().items()
+  }
+  text = text_side(
+    encode_text,
+    tokenize,
+    lset.classnames,
+    lset.templates,
+    descriptions,
+    max_descriptions=ccfg.max_descriptions,
+    num_components=cola.ColaConfig.from_dict(base_cfg).num_components,
+  )
+  clf = build_classifier(
+    encode_text, tokenize, lset.classnames, lset.templates, logit_scale=ccfg.base.logit_scale
+  )
+  weights = jnp.asarray(clf.weights_cd)
+  base_fn = lambda px: ccfg.base.logit_scale * encode_image(px) @ weights.T
+  classifiers: dict[str, Any] = {"base": base_fn}
+  for name, vcfg in variants.items():
+    vtext = cola.build_text(text.z_kmd, text.mask_km, vcfg.num_components)
+    classifiers[name] = Stochastic(cola.cola_classifier(encode_image, vtext, vcfg))
+
+  key = jax.random.key(config.seed)
+  bs = ev.batch_size
+
+  def predict(fn, x, k):
+    if isinstance(fn, Stochastic):
+      return jnp.argmax(fn.fn(x, k), axis=1)
+    return jnp.argmax(fn(x), axis=1)
+
+  predictors = {
+    name: jax.jit(lambda x, k, fn=fn: predict(fn, x, k)) for name, fn in classifiers.items()
+  }
+
+  def accuracy(name, xs, ks):
+    correct = [
+      np.asarray(predictors[name](xb, kb)) == yb for (xb, yb), kb in zip(xs, ks, strict=True)
+    ]
+    return np.concatenate(correct)
+
+  batches = [(b["image"], b["label"]) for b in _batches(x_all, y_all, bs)]
+  keys = [jax.random.fold_in(key, i) for i in range(len(batches))]
+  results: dict[str, Any] = {
+    "n": int(x_all.shape[0]),
+    "num_classes": len(lset.classnames),
+    "label_set": ev.label_set,
+    "variants": {n: dataclasses.asdict(v) for n, v in variants.items()},
+    "clean": {},
+    "transfer": {},
+    "adaptive": {},
+  }
+  t0 = time.perf_counter()
+  clean_correct = {}
+  for name in classifiers:
+    clean_correct[name] = accuracy(name, batches, keys)
+    results["clean"][name] = float(np.mean(clean_correct[name]))
+  print(f"clean: {results['clean']}", flush=True)
+
+  for spec in config.attacks:
+    spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+    label = spec.pop("label", None) or spec["name"]
+    # Non-adaptive: attack the undefended zero-shot classifier, classify its examples.
+    attack, _ = build_attack(spec, base_fn)
+    attack = jax.jit(attack)
+    adv = []
+    for i, (xb, yb) in enumerate(batches):
+      adv.append((np.asarray(attack(xb, yb, jax.random.fold_in(keys[i], 1))), yb))
+    row = {}
+    for name in classifiers:
+      k_eval = [jax.random.fold_in(k, 2) for k in keys]
+      row[name] = float(np.mean(clean_correct[name] & accuracy(name, adv, k_eval)))
+    results["transfer"][label] = row
+    print(f"transfer {label}: {row}", flush=True)
+    # Adaptive: the attack through each classifier (EOT for the randomised ones).
+    row = {"base": row["base"]}
+    for name, fn in classifiers.items():
+      if name == "base" or name not in config.adaptive_variants:
+        continue
+      aspec = dict(spec, eot_draws=config.eot_draws)
+      out = robust_accuracy(
+        fn,
+        _batches(x_all, y_all, bs),
+        [aspec],
+        key=jax.random.fold_in(key, 3),
+      )
+      row[name] = out["robust_acc"]
+      print(f"adaptive {label} {name}: {out['robust_acc']:.3f} ({out['seconds']:.0f}s)", flush=True)
+    results["adaptive"][label] = row
+  results["attack_seconds"] = time.perf_counter() - t0
+
+  # Overhead beyond the N image-encoder passes (first variant that uses OT).
+  x_b = jnp.asarray(batches[0][0])
+  timing = {}
+  for name, vcfg in variants.items():
+    n_views = vcfg.num_views
+    enc = jax.jit(lambda v: encode_image(v))
+    views = jnp.asarray(
+      np.repeat(np.asarray(x_b)[:, None], n_views, axis=1).reshape((-1,) + x_b.shape[1:])
+    )
+    t_enc = _timed(enc, views)
+    t_full = _timed(jax.jit(classifiers[name].fn), x_b, keys[0])
+    timing[name] = {"encoder_s": t_enc, "cola_s": t_full, "overhead": t_full / t_enc - 1.0}
+  results["timing"] = timing
+  (wdir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+  (wdir / "results.md").write_text(format_results(results))
+  print(format_results(results), flush=True)
+  return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+  """Markdown table: clean, transfer and adaptive robust accuracy per classifier."""
+  names = list(results["clean"])
+  attacks = list(results["transfer"])
+  head = ["classifier", "clean"]
+  for a in attacks:
+    head += [f"{a} transfer", f"{a} adaptive"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name in names:
+    cells = [name, f"{results['clean'][name]:.3f}"]
+    for a in attacks:
+      cells.append(f"{results['transfer'][a][name]:.3f}")
+      ad = results["adaptive"][a].get(name)
+      cells.append("—" if ad is None else f"{ad:.3f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append(f"n = {results['n']}, label set {results['label_set']!r}")
+  for name, t in results.get("timing", {}).items():
+    lines.append(
+      f"- {name}: N encoder passes {t['encoder_s'] * 1e3:.1f} ms, full COLA "
+      f"{t['cola_s'] * 1e3:.1f} ms (overhead {100 * t['overhead']:+.0f} %)"
+    )
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,166 @@
+"""COLA: limit cases (zero-shot), projection, invariances, entropy weights vs POT, views, smoke."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot
+import pytest
+
+from clipjax.methods import cola
+
+D = 12
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _setup(k=4, m=3, n=5, b=2, seed=0):
+  rng = np.random.default_rng(seed)
+  z_kmd = _unit(rng.normal(size=(k, m, D))).astype(np.float32)
+  x_bnd = _unit(rng.normal(size=(b, n, D))).astype(np.float32)
+  return z_kmd, x_bnd
+
+
+def _cfg(**kw):
+  base = dict(num_views=1, num_components=256, projection=False, marginals="uniform", num_iters=50)
+  return cola.ColaConfig(**{**base, **kw})
+
+
+def test_reduces_to_zero_shot_with_one_view_one_template():
+  z_kmd, x_bnd = _setup(m=1, n=1)
+  text = cola.build_text(z_kmd, None, 256)
+  expect_bk = 100.0 * np.einsum("bd,kd->bk", x_bnd[:, 0], z_kmd[:, 0])
+  for marginals in ("uniform", "entropy"):
+    out = cola.cola_scores(jnp.asarray(x_bnd), text, _cfg(marginals=marginals))
+    np.testing.assert_allclose(out.scores_bk, expect_bk, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.argmax(out.scores_bk, 1), np.argmax(expect_bk, 1))
+
+
+def test_projection_idempotent_and_fixes_text_features():
+  z_kmd, x_bnd = _setup(k=3, m=2)  # 6 features in R^12: C = 6 covers their span
+  text = cola.build_text(z_kmd, None, 256)
+  assert text.basis_dc.shape == (D, 6)
+  np.testing.assert_allclose(text.basis_dc.T @ text.basis_dc, np.eye(6), atol=1e-5)
+  z_fd = jnp.asarray(z_kmd.reshape(-1, D))
+  np.testing.assert_allclose(cola.project(z_fd, text.basis_dc), z_fd, atol=1e-5)
+  x_nd = jnp.asarray(x_bnd.reshape(-1, D))
+  px = cola.project(x_nd, text.basis_dc)
+  np.testing.assert_allclose(cola.project(px, text.basis_dc), px, atol=1e-5)
+  # The residual is orthogonal to every text feature.
+  np.testing.assert_allclose((x_nd - px) @ z_fd.T, 0.0, atol=1e-5)
+  # Fewer components: Π is the orthogonal projector onto the top singular directions.
+  t2 = cola.build_text(z_kmd, None, 2)
+  u, _, _ = np.linalg.svd(z_kmd.reshape(-1, D).T)
+  np.testing.assert_allclose(
+    cola.project(x_nd, t2.basis_dc), x_nd @ u[:, :2] @ u[:, :2].T, atol=1e-5
+  )
+
+
+def test_invariant_to_permuting_views_and_descriptions():
+  z_kmd, x_bnd = _setup(k=4, m=3, n=5)
+  mask_km = np.ones((4, 3), bool)
+  mask_km[1, 2] = False
+  cfg = _cfg(num_views=5, projection=True, marginals="entropy", num_components=5)
+  ref = cola.cola_scores(jnp.asarray(x_bnd), cola.build_text(z_kmd, mask_km, 5), cfg).scores_bk
+  # View 0 is the centre view (used for the description weights): permute views 1..N-1 only.
+  perm_n = np.array([0, 3, 1, 4, 2])
+  perm_m = np.array([2, 0, 1])
+  text_p = cola.build_text(z_kmd[:, perm_m], mask_km[:, perm_m], 5)
+  got = cola.cola_scores(jnp.asarray(x_bnd[:, perm_n]), text_p, cfg).scores_bk
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
+def _entropy(logits):
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return -(p * np.log(p)).sum(-1)
+
+
+def _softmax(v):
+  e = np.exp(v - v.max())
+  return e / e.sum()
+
+
+def test_entropy_weights_and_ot_match_pot():
+  z_kmd, x_bnd = _setup(k=4, m=3, n=5, b=1)
+  cfg = _cfg(num_views=5, marginals="entropy", num_iters=300, epsilon=0.1)
+  text = cola.build_text(z_kmd, None, 256)
+  out = cola.cola_scores(jnp.asarray(x_bnd), text, cfg)
+  cos_nkm = np.einsum("nd,kmd->nkm", x_bnd[0].astype(np.float64), z_kmd.astype(np.float64))
+  logit_nkm = 100.0 * cos_nkm
+  mean_nk = logit_nkm.mean(2)
+  a_n = _softmax(-_entropy(mean_nk) / 0.5)
+  np.testing.assert_allclose(out.view_weights_bn[0], a_n, rtol=1e-4, atol=1e-6)
+  for k in range(4):
+    h_m = []
+    for m in range(3):
+      v = mean_nk[0].copy()
+      v[k] = logit_nkm[0, k, m]
+      h_m.append(_entropy(v))
+    b_m = _softmax(-np.asarray(h_m) / 0.5)
+    cost_nm = 1.0 - cos_nkm[:, k]
+    plan = ot.sinkhorn(a_n, b_m, cost_nm, reg=0.1, numItermax=5000, stopThr=1e-12)
+    expect = 100.0 * (1.0 - np.sum(plan * cost_nm))
+    np.testing.assert_allclose(out.scores_bk[0, k], expect, rtol=1e-4)
+  assert float(jnp.max(out.marginal_error_bk)) < 1e-3
+
+
+def test_no_ot_ablation_is_mean_of_view_logits():
+  z_kmd, x_bnd = _setup(n=4)
+  text = cola.build_text(z_kmd, None, 256)
+  out = cola.cola_scores(jnp.asarray(x_bnd), text, _cfg(num_views=4, use_ot=False))
+  expect = 100.0 * np.einsum("bnd,kmd->bk", x_bnd, z_kmd) / (4 * 3)
+  np.testing.assert_allclose(out.scores_bk, expect, rtol=1e-5, atol=1e-4)
+
+
+def test_views_identity_determinism_and_gradient():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(2, 8, 8, 3)).astype(np.float32))
+  same = cola.ColaConfig(num_views=3, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False)
+  v = cola.make_views(x, jax.random.key(0), same)
+  assert v.shape == (2, 3, 8, 8, 3)
+  np.testing.assert_allclose(v, jnp.broadcast_to(x[:, None], v.shape), atol=1e-5)
+  cfg = cola.ColaConfig(num_views=4, crop_scale=(0.3, 1.0))
+  v1 = cola.make_views(x, jax.random.key(1), cfg)
+  np.testing.assert_array_equal(v1, cola.make_views(x, jax.random.key(1), cfg))
+  assert not np.allclose(v1, cola.make_views(x, jax.random.key(2), cfg))
+  np.testing.assert_array_equal(v1[:, 0], x)
+  assert float(v1.min()) >= 0.0 and float(v1.max()) <= 1.0
+  g = jax.grad(lambda x: jnp.sum(cola.make_views(x, jax.random.key(1), cfg)[:, 1:] ** 2))(x)
+  assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
+
+
+def test_classifier_gradient_through_ot():
+  z_kmd, _ = _setup(k=3, m=2)
+  text = cola.build_text(z_kmd, None, 256)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(4 * 4 * 3, D)).astype(np.float32))
+  enc = lambda p: p.reshape(p.shape[0], -1) @ w
+  x = jnp.full((2, 4, 4, 3), 0.5)
+  for grad in ("unroll", "envelope"):
+    cfg = cola.ColaConfig(num_views=3, num_iters=20, ot_grad=grad)
+    fn = cola.cola_classifier(enc, text, cfg)
+    g = jax.grad(lambda x, fn=fn: fn(x, jax.random.key(0))[:, 0].sum())(x)
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
+
+
+def test_bad_inputs_are_named(tmp_path):
+  with pytest.raises(ValueError, match="marginals"):
+    cola.ColaConfig(marginals="entropic")
+  with pytest.raises(ValueError, match="unknown COLA options"):
+    cola.ColaConfig.from_dict({"num_view": 3})
+  path = tmp_path / "d.json"
+  path.write_text(json.dumps({"circel": ["round"]}))
+  with pytest.raises(ValueError, match="circel"):
+    cola.load_descriptions(path, ["circle", "square"])
+  path.write_text(json.dumps({"circle": ["round, no corners"]}))
+  descs = cola.load_descriptions(path, ["circle", "square"])
+  prompts = cola.class_prompts(["circle", "square"], ["a {}.", "one {}."], descs)
+  assert prompts == [
+    ["a circle.", "one circle.", "a circle. round, no corners"],
+    ["a square.", "one square."],
+  ]
+  with pytest.raises(ValueError, match="no valid text feature"):
+    cola.build_text(np.ones((2, 2, 4)), np.array([[True, False], [False, False]]), 4)
