@@ -1,0 +1,277 @@
+"""Training throughput, MFU, OT-loss overhead and scaling, data-pipeline throughput.
+
+Side by side in one process (medians of timed steps after compilation):
+  1. train-step examples/s for model variants × losses (InfoNCE, SigLIP, OT-CLIP variants) and
+     the OT overhead ratio step(OT) / step(InfoNCE);
+  2. MFU: model FLOPs per step (XLA cost analysis of the compiled step) / step time, divided by
+     the dense float32 matmul FLOP/s measured in this process;
+  3. OT-loss (value and gradient) time vs batch size on 1 and 8 devices (a subprocess with 8
+     fake CPU devices; on a CPU host those share the same cores, so this shows sharding
+     overhead, not speed-up);
+  4. data pipeline examples/s (decode + tokenize + batch) vs the quickstart step's consumption.
+
+Usage:
+  python scripts/bench_train.py --out docs/benchmarks            # full (tens of minutes on CPU)
+  python scripts/bench_train.py --quick --out /tmp/bench         # seconds; CI smoke test
+Writes OUT/train.md and OUT/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+
+def _median_time(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def matmul_flops(n=2048, repeats=5):
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  return 2 * n**3 / _median_time(lambda: f(a), repeats)
+
+
+LOSSES = {
+  "infonce": ("clip", {}),
+  "siglip": ("siglip", {}),
+  "otclip-entropic": (
+    "otclip",
+    dict(loss="entropic", temperature="logit_scale", epsilon=0.01, num_iters=5, grad="unroll",
+         direction="both", ot_weight=1.0, infonce_weight=1.0),
+  ),
+  "otclip-dbot": (
+    "otclip",
+    dict(loss="dbot", temperature="logit_scale", epsilon=0.01, num_iters=5, grad="unroll",
+         direction="both", ot_weight=1.0, infonce_weight=1.0, delta=0.5),
+  ),
+  "otclip-uot": (
+    "otclip",
+    dict(loss="uot", temperature="logit_scale", epsilon=0.01, num_iters=5, grad="unroll",
+         direction="both", ot_weight=1.0, infonce_weight=1.0, rho_a=1.0, rho_b=1.0),
+  ),
+}  # fmt: skip
+
+
+def _time_steps(compiled, state, data, steps):
+  state, m = compiled(state, data)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = compiled(state, data)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def train_step_bench(variant, batch, image, loss_names, steps):
+  import clipjax.model as model_lib
+  from clipjax import methods
+  from clipjax.train import optim
+  from clipjax.train.state import TrainState
+  from clipjax.train.step import train_step
+
+  overrides = {"vision.image_size": image, "logit_bias_init": -10.0}  # SigLIP needs the bias
+  model = model_lib.create(variant, jax.random.key(0), **overrides)
+  ocfg = mlc.ConfigDict(
+    dict(lr=1e-4, end_lr_frac=0.0, warmup_frac=0.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
+         clip_grad_norm=1.0, grad_accum_steps=1, wd_exclude=[r".*/bias"])
+  )  # fmt: skip
+  tx = optim.make_optimizer(ocfg, model.params, 100)
+  rng = np.random.default_rng(0)
+  ctx = model.config.text.context_length
+  ids = rng.integers(1, 1000, size=(batch, ctx)).astype(np.int32)
+  ids[:, 0], ids[:, 10] = 49406, 49407
+  data = {
+    "image": jnp.asarray(rng.random((batch, image, image, 3), np.float32)),
+    "ids": jnp.asarray(ids),
+  }
+  rows = []
+  for name in loss_names:
+    mname, kw = LOSSES[name]
+    method = methods.get(mname, **kw)
+    state = TrainState(jnp.int32(0), model.params, tx.init(model.params), {}, jax.random.PRNGKey(0))
+    fn = jax.jit(
+      lambda s, b, m=method: train_step(s, b, model=model, method=m, tx=tx, schedule=lambda _: 1e-4)
+    )
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", float("nan")))
+    step_s = _time_steps(compiled, state, data, steps)
+    rows.append(
+      dict(
+        variant=variant,
+        loss=name,
+        batch=batch,
+        image=image,
+        compile_s=compile_s,
+        step_s=step_s,
+        examples_per_s=batch / step_s,
+        flops_per_step=flops,
+      )
+    )
+  base = next(r["step_s"] for r in rows if r["loss"] == "infonce")
+  for r in rows:
+    r["ot_overhead"] = r["step_s"] / base
+  return rows
+
+
+_SCALING_CHILD = r"""
+import json, sys, time, statistics
+import jax
+jax.config.update("jax_num_cpu_devices", 8)
+import jax.numpy as jnp, numpy as np
+from clipjax import sharding
+from clipjax.methods import otclip
+sizes, repeats = json.loads(sys.argv[1]), int(sys.argv[2])
+out = []
+for devices in (1, 8):
+  mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:devices])
+  sh = sharding.batch_sharding(mesh)
+  f = lambda a, b: otclip.ot_clip_loss(a, b, 0.01, kind="entropic", num_iters=5)[0]
+  g = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), in_shardings=(sh, sh))
+  for n in sizes:
+    z = np.random.default_rng(0).normal(size=(2, n, 64)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=-1, keepdims=True)
+    a, b = jax.device_put(z[0], sh), jax.device_put(z[1], sh)
+    c = g.lower(a, b).compile()
+    jax.block_until_ready(c(a, b))
+    ts = []
+    for _ in range(repeats):
+      t0 = time.perf_counter(); jax.block_until_ready(c(a, b)); ts.append(time.perf_counter() - t0)
+    mem = c.memory_analysis()
+    out.append(dict(devices=devices, n=n, seconds=statistics.median(ts),
+                    temp_bytes_per_device=int(mem.temp_size_in_bytes)))
+print(json.dumps(out))
+"""
+
+
+def ot_scaling(sizes, repeats):
+  proc = subprocess.run(
+    [sys.executable, "-c", _SCALING_CHILD, json.dumps(sizes), str(repeats)],
+    capture_output=True, text=True, check=True,
+  )  # fmt: skip
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def pipeline_bench(batches):
+  from clipjax.data import registry
+  from clipjax.data.pipeline import make_train_iterator
+  from clipjax.data.tokenizer import Tokenizer
+
+  src = registry.build_source({"name": "synthetic", "split": "train", "seed": 0}, 48)
+  it = make_train_iterator(
+    src, batch_size=128, image_size=48, tokenize=Tokenizer(context_length=32), seed=0
+  )
+  next(it)
+  t0, c0 = time.perf_counter(), time.process_time()
+  for _ in range(batches):
+    next(it)
+  wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+  it.close()
+  return dict(examples_per_s_wall=batches * 128 / wall, examples_per_cpu_s=batches * 128 / cpu)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke test)")
+  p.add_argument("--out", default="docs/benchmarks")
+  args = p.parse_args()
+  steps = 2 if args.quick else 5
+  res = {
+    "machine": {
+      "platform": platform.platform(),
+      "cpus": os.cpu_count(),
+      "devices": [str(d) for d in jax.devices()],
+      "jax": jax.__version__,
+      "load_avg_start": os.getloadavg(),
+    }
+  }
+  res["matmul_flops_per_s"] = matmul_flops(512 if args.quick else 2048, steps)
+  tiny_losses = ["infonce", "otclip-entropic"] if args.quick else list(LOSSES)
+  rows = train_step_bench("tiny", 16 if args.quick else 128, 32, tiny_losses, steps)
+  if not args.quick:
+    rows += train_step_bench("ViT-B/32", 32, 224, list(LOSSES), steps)
+  for r in rows:
+    r["mfu"] = r["flops_per_step"] / r["step_s"] / res["matmul_flops_per_s"]
+  res["train_step"] = rows
+  sizes = [64, 128] if args.quick else [256, 1024, 4096, 8192]
+  res["ot_scaling"] = ot_scaling(sizes, steps)
+  res["pipeline"] = pipeline_bench(2 if args.quick else 20)
+  res["machine"]["load_avg_end"] = os.getloadavg()
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "train.json"), "w") as f:
+    json.dump(res, f, indent=2)
+  text = report(res, "python scripts/bench_train.py" + (" --quick" if args.quick else ""))
+  with open(os.path.join(args.out, "train.md"), "w") as f:
+    f.write(text)
+  print(text)
+
+
+def report(res, command):
+  """Markdown tables of a result dict."""
+  lines = [
+    "# Training benchmark",
+    "",
+    f"Command: `{command}`",
+    "",
+    f"Machine: {res['machine']}",
+    "",
+    f"Dense float32 matmul: {res['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s",
+    "",
+    "| variant | loss | batch | step s | examples/s | step / InfoNCE step | GFLOP/step | MFU |"
+    " compile s |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in res["train_step"]:
+    lines.append(
+      f"| {r['variant']} | {r['loss']} | {r['batch']} | {r['step_s']:.3f} |"
+      f" {r['examples_per_s']:.1f} | {r['ot_overhead']:.2f} | {r['flops_per_step'] / 1e9:.1f} |"
+      f" {r['mfu']:.2f} | {r['compile_s']:.1f} |"
+    )
+  lines += [
+    "",
+    "OT-CLIP entropic loss (value and gradient, K = 5, both directions) vs global batch N:",
+    "",
+    "| devices | N | seconds | temp MiB per device |",
+    "|---|---|---|---|",
+  ]
+  for r in res["ot_scaling"]:
+    lines.append(
+      f"| {r['devices']} | {r['n']} | {r['seconds']:.4f} |"
+      f" {r['temp_bytes_per_device'] / 2**20:.1f} |"
+    )
+  pl = res["pipeline"]
+  tiny = next(r for r in res["train_step"] if r["variant"] == "tiny" and r["loss"] == "infonce")
+  lines += [
+    "",
+    f"Data pipeline (synthetic 48 px, batch 128, tokenize): {pl['examples_per_s_wall']:.0f}"
+    f" examples/s wall, {pl['examples_per_cpu_s']:.0f} per CPU-second; the tiny InfoNCE step"
+    f" consumes {tiny['examples_per_s']:.0f} examples/s.",
+  ]
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  main()
