@@ -24,6 +24,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 TASKS = {
   "train": "clipjax.train.loop",
   "eval": "clipjax.evaluation.task",
+  "cola_eval": "clipjax.evaluation.cola_task",
+  "hotclip_fuse": "clipjax.fusion.task",
 }
 
 
