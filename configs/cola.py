@@ -76,11 +76,12 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.model = smoke.model
     c.model.init_checkpoint = arg.ckpt
     c.data.image_size = smoke.data.image_size
-    c.eval.max_examples = 8
+    c.eval.max_examples = 4
     c.eval.batch_size = 4
-    c.cola.base["num_views"] = 3
-    c.cola.base["num_iters"] = 5
-    c.attacks = [{"name": "pgd", "eps": 4 / 255, "step_size": 2 / 255, "steps": 2}]
+    c.cola.base["num_views"] = 2
+    c.cola.base["num_iters"] = 3
+    c.cola.variants = {"cola": {}, "views_mean": {"use_ot": False, "projection": False}}
+    c.attacks = [{"name": "pgd", "eps": 4 / 255, "step_size": 4 / 255, "steps": 1}]
     c.eot_draws = 1
     c.adaptive_variants = ["cola"]
   return c

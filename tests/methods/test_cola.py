@@ -164,3 +164,23 @@ def test_bad_inputs_are_named(tmp_path):
   ]
   with pytest.raises(ValueError, match="no valid text feature"):
     cola.build_text(np.ones((2, 2, 4)), np.array([[True, False], [False, False]]), 4)
+
+
+def test_config_smoke_runs_in_process(tmp_path):
+  import importlib.util
+  import pathlib
+
+  from clipjax.evaluation import cola_task
+
+  path = pathlib.Path(__file__).parents[2] / "configs" / "cola.py"
+  spec = importlib.util.spec_from_file_location("cola_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke")
+  assert config.task == "cola_eval"
+  out = cola_task.run(config, str(tmp_path))
+  assert out["n"] == 4 and set(out["clean"]) == {"base", "cola", "views_mean"}
+  assert set(out["adaptive"]["pgd"]) == {"base", "cola"}
+  for acc in [*out["clean"].values(), *out["transfer"]["pgd"].values()]:
+    assert 0.0 <= acc <= 1.0
+  assert (tmp_path / "results.md").read_text().startswith("| classifier")
