@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     layers=2,
     batch=128,
     forget_fraction=0.4,
+    prompt_scale=1.0,  # prompts' learning-rate multiplier (see ncu_hn)
     lr=2e-4,
     code_defaults=False,
   )
@@ -104,12 +105,14 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       hn = {
         **shared,
         "num_prompts": 8,  # m shared prompt vectors (code: 8)
+        "prompt_scale": arg.prompt_scale,
         "lam": 10.0,  # λ of Eq. 6 (code: 10)
         "relation": "code" if code else "paper",
       }
       ul = {
         **shared,
         "num_prompts": 8,
+        "prompt_scale": arg.prompt_scale,
         "gamma": 0.7,  # Eq. 10 (code default)
         "epsilon": 0.03,  # Sinkhorn ε (code)
         "max_iterations": 100,

@@ -335,7 +335,10 @@ def otr_loss(
 # --- methods -----------------------------------------------------------------------------------
 
 
-def _prompt_params(num_prompts: int):
+def _prompt_params(num_prompts: int, prompt_scale: float):
+  if not prompt_scale > 0:
+    raise ValueError(f"prompt_scale must be > 0, got {prompt_scale}")
+
   def init_params(model: Any, rng: jax.Array) -> dict[str, jax.Array]:
     width = model.config.text.width
     if not 0 < num_prompts <= model.config.text.context_length - 2:
@@ -343,20 +346,28 @@ def _prompt_params(num_prompts: int):
         f"num_prompts={num_prompts} must be in [1, context_length - 2 = "
         f"{model.config.text.context_length - 2}]"
       )
-    return {"prompts": 0.02 * jax.random.normal(rng, (num_prompts, width), jnp.float32)}
+    std = 0.02 / prompt_scale  # the spliced prompts prompt_scale * p start at N(0, 0.02²)
+    return {"prompts": std * jax.random.normal(rng, (num_prompts, width), jnp.float32)}
 
   return init_params
 
 
-def _forward(model: Any, params: dict, batch: dict[str, jax.Array], rng: jax.Array) -> Embeddings:
-  """Both towers plus the negative texts (prompts spliced after the start token)."""
-  del rng
+def _make_forward(prompt_scale: float):
+  def forward(model: Any, params: dict, batch: dict[str, jax.Array], rng: jax.Array):
+    del rng
+    return _forward(model, params, batch, prompt_scale)
+
+  return forward
+
+
+def _forward(model: Any, params: dict, batch: dict[str, jax.Array], prompt_scale: float):
+  """Both towers plus the negative texts (prompt_scale * prompts spliced after the start token)."""
   if "method" not in params or "prompts" not in params["method"]:
     raise ValueError("NCU needs params['method']['prompts'] (created by Method.init_params).")
   mparams = {k: v for k, v in params.items() if k != "method"}
   img = model.encode_image(mparams, batch["image"])
   txt = model.encode_text(mparams, batch["ids"])
-  neg = model.encode_text(mparams, batch["ids"], params["method"]["prompts"])
+  neg = model.encode_text(mparams, batch["ids"], prompt_scale * params["method"]["prompts"])
   return Embeddings(
     zimg=img.emb,
     ztxt=txt.emb,
@@ -380,6 +391,7 @@ def _zneg(emb: Embeddings) -> jax.Array:
 def ncu_hn(
   *,
   num_prompts: int = 8,
+  prompt_scale: float = 1.0,
   forget_fraction: float = 0.1,
   confidence: str = "both",
   lam: float = 10.0,
@@ -391,6 +403,10 @@ def ncu_hn(
 
   Args:
     num_prompts: m shared prompt vectors (code: 8).
+    prompt_scale: the parameters p are spliced as prompt_scale * p (initialised so that the
+      spliced vectors are N(0, 0.02²) as in the code): with Adam this multiplies the prompts'
+      learning rate by prompt_scale, the only way to give them their own rate (code: lr_HN 3e-4
+      vs. 1e-4 for the text tower) under the trainer's single optimizer. 1 = no change.
     forget_fraction: P, share of the global batch put in D_FG (code script: 0.1).
     confidence: "both" (Eq. 2) or "i2t" (code).
     lam: λ of Eq. 6 (code: 10).
@@ -425,13 +441,17 @@ def ncu_hn(
     return value, aux, mstate
 
   return Method(
-    loss=loss, init=_stateless, forward=_forward, init_params=_prompt_params(num_prompts)
+    loss=loss,
+    init=_stateless,
+    forward=_make_forward(prompt_scale),
+    init_params=_prompt_params(num_prompts, prompt_scale),
   )
 
 
 def ncu_unlearn(
   *,
   num_prompts: int = 8,
+  prompt_scale: float = 1.0,
   forget_fraction: float = 0.1,
   confidence: str = "both",
   alpha: float = -0.7,
@@ -449,6 +469,7 @@ def ncu_unlearn(
 
   Args:
     num_prompts: m (must match stage 1; the prompts are frozen here by the config).
+    prompt_scale: as in `ncu_hn` (must match stage 1).
     forget_fraction: P (code script: 0.1).
     confidence: "both" (Eq. 2) or "i2t" (code).
     alpha: lower margin of L_sep (Eq. 12 reuses Eq. 3).
@@ -526,7 +547,10 @@ def ncu_unlearn(
     return otr + sep, aux, mstate
 
   return Method(
-    loss=loss, init=_stateless, forward=_forward, init_params=_prompt_params(num_prompts)
+    loss=loss,
+    init=_stateless,
+    forward=_make_forward(prompt_scale),
+    init_params=_prompt_params(num_prompts, prompt_scale),
   )
 
 
