@@ -8,7 +8,7 @@ Commands:
 
 Arguments (`:k=v,...`): method (otcclip | roclip | safeclip | clip), steps, batch, seed,
 poison_seed, targets (T target images), captions (K captions per target), train_size (clean
-training pairs), bank_size, image_size, width / layers (both towers), smoke.
+training pairs), bank_size, match_alpha (otcclip), image_size, width / layers (both towers), smoke.
 Training data: the shapes world with RoCLIP-protocol targeted
 poisoning on the colour+shape label set (`clipjax.data.corrupt.TargetedPoisoning`); the attack
 success rate is zero-shot accuracy on `TargetedPoisoning.asr_source()` (docs/results/otcclip.md
@@ -40,7 +40,9 @@ def poison_spec(*, train_size: int, targets: int, captions: int, seed: int, pois
   }
 
 
-def method_spec(name: str, *, steps_per_epoch: int, context_length: int, bank_size: int) -> dict:
+def method_spec(
+  name: str, *, steps_per_epoch: int, context_length: int, bank_size: int, match_alpha: float
+) -> dict:
   """`config.method` for one of `METHOD_NAMES`."""
   e = steps_per_epoch
   cadence = {"match_start": e, "match_period": 2 * e, "match_duration": e}
@@ -72,7 +74,7 @@ def method_spec(name: str, *, steps_per_epoch: int, context_length: int, bank_si
         "bank_size": bank_size,
         "context_length": context_length,
         "shortlist_k": 8,
-        "match_alpha": 0.0,
+        "match_alpha": match_alpha,
         **cadence,
         "ot_epsilon": 0.05,
         "ot_iters": 30,
@@ -105,6 +107,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     captions=50,
     train_size=20000,
     bank_size=1024,
+    match_alpha=0.5,
     image_size=48,
     width=128,
     layers=4,
@@ -143,5 +146,6 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     steps_per_epoch=steps_per_epoch,
     context_length=c.data.context_length,
     bank_size=bank,
+    match_alpha=arg.match_alpha,
   )
   return c
