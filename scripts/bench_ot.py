@@ -676,7 +676,7 @@ def markdown(meta, rows):
     out += [
       "## Batched fine-grained OT (N² pairs of 50 × 77 token sets, fixed iterations)",
       "",
-      "| N | pairs | config | time (s) | runs | compile (s) | max L1 err | max |Δcost| vs "
+      "| N | pairs | config | time (s) | runs | compile (s) | max L1 err | max abs Δcost vs "
       "kernel | clipjax speed-up | peak MB | note |",
       "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -708,7 +708,7 @@ def markdown(meta, rows):
       "## Entropic fused GW (ott at λ=(1−α)/(2α), ε=ε_pot/(2α) vs POT at α, ε_pot)",
       "",
       "| n | α | ε_pot | config | time (s) | compile (s) | outer iters | L1 err | "
-      "max |ΔP| vs POT | peak MB |",
+      "max abs ΔP vs POT | peak MB |",
       "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in fgw:
