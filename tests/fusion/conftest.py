@@ -1,11 +1,4 @@
-"""Shared tiny model; ott imported once with jaxopt's import-time DeprecationWarning silenced.
-
-ott-jax 0.6.0 imports jaxopt, which warns on import, and pytest turns warnings into errors. The
-filter belongs in pyproject's ``filterwarnings`` (``"ignore::DeprecationWarning:jaxopt.*"``);
-until it is there, importing ott here first keeps the warning from failing collection.
-"""
-
-import warnings
+"""Shared tiny model for the fusion tests."""
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +6,6 @@ import numpy as np
 import pytest
 
 from clipjax.model import create
-
-with warnings.catch_warnings():
-  warnings.filterwarnings("ignore", category=DeprecationWarning, module="jaxopt")
-  import ott  # noqa: F401
 
 
 @pytest.fixture(scope="session")
