@@ -27,11 +27,21 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.context_length = 0  # 0: the model's own context length
   c.batch_size = 256  # images per batch
   c.max_examples = 2000  # per dataset (the first ones)
-  c.datasets = {
-    "shapes_test": {"name": "synthetic", "split": "test", "seed": 0},
-    "digits_test": {"name": "digits", "split": "test"},
-  }
+  c.datasets = {"shapes_test": {"name": "synthetic", "split": "test", "seed": 0}}
+  # White-box attacks on the zero-shot classifier of one label set (empty list: skip).
+  c.robustness = mlc.ConfigDict()
+  c.robustness.label_set = "shape"  # a label set every dataset in c.datasets has
+  c.robustness.max_examples = 500  # per dataset
+  c.robustness.attacks = [
+    {"name": "fgsm", "eps": 1 / 255, "label": "fgsm@1"},
+    {"name": "pgd", "eps": 1 / 255, "step_size": 0.25 / 255, "steps": 10, "label": "pgd10@1"},
+    {"name": "pgd", "eps": 4 / 255, "step_size": 1 / 255, "steps": 10, "label": "pgd10@4"},
+    {"name": "mim", "eps": 4 / 255, "step_size": 1 / 255, "steps": 10, "label": "mim10@4"},
+    {"name": "apgd-ce", "eps": 4 / 255, "steps": 20, "label": "apgd20@4"},
+  ]
   if arg.smoke:
     c.batch_size = 16
     c.max_examples = 48
+    c.robustness.max_examples = 16
+    c.robustness.attacks = [{"name": "pgd", "eps": 4 / 255, "step_size": 1 / 255, "steps": 2}]
   return c

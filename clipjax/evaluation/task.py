@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 from etils import epath
@@ -36,9 +37,15 @@ from clipjax.data import pipeline, registry
 from clipjax.data.sources import label_sets_of
 from clipjax.data.tokenizer import Tokenizer
 from clipjax.evaluation import metrics as eval_metrics
-from clipjax.evaluation import retrieval, zeroshot
+from clipjax.evaluation import retrieval, robustness, zeroshot
 
-__all__ = ["Head", "evaluate_datasets", "format_markdown", "run"]
+__all__ = [
+  "Head",
+  "evaluate_datasets",
+  "evaluate_robustness",
+  "format_markdown",
+  "run",
+]
 
 
 class Head:
@@ -192,6 +199,68 @@ def evaluate_datasets(
   return out
 
 
+def evaluate_robustness(
+  model: Any,
+  params: Any,
+  datasets: dict[str, dict[str, Any]],
+  *,
+  label_set: str,
+  attacks: list[dict[str, Any]],
+  image_size: int,
+  context_length: int,
+  batch_size: int,
+  max_examples: int,
+  tokenizer: str = "",
+  seed: int = 0,
+) -> dict[str, float]:
+  """Clean and robust zero-shot accuracy under white-box attacks (pixel space, [0, 1]).
+
+  The attacked function is the undefended zero-shot classifier, `logit_scale · cos` with the
+  model's own logit scale; each attack spec goes to `clipjax.attacks.build_attack`.
+  Keys: `{dataset}/robust/{label set}/clean_acc`, `.../{attack label}/robust_acc`,
+  `.../worst_case/robust_acc`, plus examples/s.
+  """
+  host_params = _host_params(params)
+  tok = _tokenizer(tokenizer or None, context_length)
+  enc_txt = jax.jit(lambda p, x: model.encode_text(p, x).emb)
+  logit_scale = float(np.exp(np.asarray(host_params["logit_scale"])))
+  out: dict[str, float] = {}
+  for ds_name, spec in datasets.items():
+    source = Head(registry.build_source(dict(spec), image_size), max_examples)
+    sets = label_sets_of(source)
+    if label_set not in sets:
+      raise ValueError(f"robustness.label_set {label_set!r} not in {ds_name!r}: {sorted(sets)}")
+    ls = sets[label_set]
+    clf = zeroshot.build_classifier(
+      lambda x: enc_txt(host_params, x), tok, ls.classnames, ls.templates, logit_scale=logit_scale
+    )
+    weights_cd = jnp.asarray(clf.weights_cd)
+
+    def logits_fn(x_bhwc, w=weights_cd):
+      return logit_scale * model.encode_image(host_params, x_bhwc).emb @ w.T
+
+    batches = pipeline.iterate_eval(
+      source, batch_size=batch_size, image_size=image_size, tokenize=tok
+    )
+    res = robustness.robust_accuracy(
+      logits_fn,
+      batches,
+      attacks,
+      key=jax.random.key(seed),
+      label_key=f"labels/{label_set}",
+      max_examples=max_examples,
+    )
+    prefix = f"{ds_name}/robust/{label_set}"
+    out[f"{prefix}/clean_acc"] = res["clean_acc"]
+    out[f"{prefix}/worst_case/robust_acc"] = res["robust_acc"]
+    for a in res["attacks"]:
+      out[f"{prefix}/{a['label']}/robust_acc"] = a["robust_acc"]
+    out[f"{prefix}/n"] = float(res["n"])
+    out[f"{prefix}/examples_per_s"] = res["examples_per_second"]
+    out[f"{prefix}/clean_acc/chance"] = 1.0 / clf.num_classes
+  return out
+
+
 def format_markdown(metrics: dict[str, Any], title: str) -> str:
   """Markdown table: metric, value, chance."""
   lines = [f"# {title}", "", "| metric | value | chance |", "|---|---|---|"]
@@ -222,6 +291,21 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     max_examples=config.max_examples,
     tokenizer=config.tokenizer,
   )
+  if config.robustness.attacks:
+    metrics.update(
+      evaluate_robustness(
+        model,
+        model.params,
+        config.datasets.to_dict(),
+        label_set=config.robustness.label_set,
+        attacks=[dict(a) for a in config.robustness.attacks],
+        image_size=image_size,
+        context_length=context_length,
+        batch_size=config.batch_size,
+        max_examples=config.robustness.max_examples,
+        tokenizer=config.tokenizer,
+      )
+    )
   if jax.process_index() == 0:
     wdir = epath.Path(workdir)
     wdir.mkdir(parents=True, exist_ok=True)

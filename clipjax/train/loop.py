@@ -228,7 +228,9 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   first_step = step
   progress = metrics_lib.Progress(config.total_steps, config.data.batch_size, enabled=is_main)
   preempt = checkpointing.PreemptionFlag(distributed)
-  train_time, timed_steps, rates = 0.0, 0, {}
+  # Wall time of steps after the first (compiling) one, minus evaluation time; with async
+  # dispatch only the whole span is meaningful, not the time of one dispatch.
+  timed_start, eval_seconds, timed_steps, rates = None, 0.0, 0, {}
   eval_metrics: dict[str, Any] = {}
   stopped_early = False
   try:
@@ -247,8 +249,8 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         if is_main:
           print(f"First step (incl. compilation) took {time.perf_counter() - t0:.1f}s.", flush=True)
         progress.start(step)
+        timed_start = time.perf_counter()
       else:
-        train_time += time.perf_counter() - t0
         timed_steps += 1
       due_save = ckpt.should_save(step) or step == config.total_steps
       if step % config.log_every_steps == 0 or due_save:
@@ -264,7 +266,9 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
       if due_save:
         ckpt.save(step, state, train_iter)
       if evaluator.due(step):
+        t_eval = time.perf_counter()
         eval_metrics = evaluator(state.params, step)
+        eval_seconds += time.perf_counter() - t_eval
         writer.write(step, eval_metrics, kind="eval")
         if is_main:
           print(periodic_eval.format_table(eval_metrics, step), flush=True)
@@ -274,6 +278,8 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         ckpt.save(step, state, train_iter, force=True)
         stopped_early = True
         break
+    jax.block_until_ready(state)
+    train_time = time.perf_counter() - timed_start - eval_seconds if timed_start else 0.0
     if not eval_metrics and not stopped_early:
       eval_metrics = evaluator(state.params, step)
       writer.write(step, eval_metrics, kind="eval")
@@ -286,7 +292,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   summary = {
     "step": step,
     "finished": step >= config.total_steps and not stopped_early,
-    "train_seconds_excl_first_step": train_time,
+    "train_seconds_excl_first_step_and_eval": train_time,
     "steps_per_s": timed_steps / train_time if train_time else None,
     "examples_per_s": timed_steps * config.data.batch_size / train_time if train_time else None,
     **eval_metrics,

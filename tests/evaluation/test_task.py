@@ -28,6 +28,7 @@ def _eval_config(checkpoint, **kw):
   c = eval_config.get_config("smoke")
   c.checkpoint = str(checkpoint)
   c.datasets = {"shapes": SPEC}
+  c.robustness.attacks = []
   for k, v in kw.items():
     c[k] = v
   return c
@@ -67,11 +68,21 @@ def test_eval_cli_on_trained_workdir(tmp_path):
   c = quickstart.get_config("smoke")
   c.eval.datasets = {}
   loop.run(c, str(tmp_path / "run"))
-  metrics = task.run(_eval_config(tmp_path / "run"), str(tmp_path / "eval"))
+  ec = _eval_config(tmp_path / "run")
+  ec.robustness.attacks = [
+    {"name": "pgd", "eps": 0.0, "step_size": 1 / 255, "steps": 2, "label": "eps0"},
+    {"name": "pgd", "eps": 0.5, "step_size": 0.1, "steps": 2, "label": "eps_big"},
+  ]
+  metrics = task.run(ec, str(tmp_path / "eval"))
   summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
   assert summary["shapes/n"] == 48
   assert 0.0 <= metrics["shapes/zeroshot/shape/acc1"] <= 1.0
   assert "| shapes/zeroshot/shape/acc1 |" in (tmp_path / "eval" / "results.md").read_text()
+  # ε = 0 changes nothing; ε = 0.5 (half the pixel range) breaks every prediction.
+  prefix = "shapes/robust/shape"
+  assert metrics[f"{prefix}/eps0/robust_acc"] == metrics[f"{prefix}/clean_acc"]
+  assert metrics[f"{prefix}/eps_big/robust_acc"] <= 0.1
+  assert metrics[f"{prefix}/worst_case/robust_acc"] <= metrics[f"{prefix}/eps0/robust_acc"]
 
 
 def _first_merges(n, path):
