@@ -264,7 +264,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
           stage=stages[stage_index].name,
         )
       if due_save:
-        ckpt.save(step, state, train_iter)
+        ckpt.save(step, state, train_iter, force=step == config.total_steps)
       if evaluator.due(step):
         t_eval = time.perf_counter()
         eval_metrics = evaluator(state.params, step)

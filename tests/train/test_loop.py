@@ -49,6 +49,7 @@ def _params(workdir):
 
 def test_run_writes_outputs_and_resumes(tmp_path):
   c = _config()
+  c.total_steps = 5  # not a multiple of checkpoint.every_steps: the last step is still saved
   summary = loop.run(c, str(tmp_path))
   assert summary["finished"] and summary["step"] == c.total_steps
   saved = json.loads((tmp_path / "config.json").read_text())
@@ -60,6 +61,9 @@ def test_run_writes_outputs_and_resumes(tmp_path):
   )
   assert all(np.isfinite(e["loss"]) for e in events if e.get("kind") == "train")
   assert json.loads((tmp_path / "summary.json").read_text())["step"] == c.total_steps
+  ck = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every=1)
+  assert ck.latest_step() == c.total_steps
+  ck.close()
   # Same command again: resumes at the end and does not train further.
   again = loop.run(c, str(tmp_path))
   assert again["step"] == c.total_steps
