@@ -1,0 +1,205 @@
+"""HOT-CLIP submodels (TeCoA/FARE) and the `hotclip_fuse` task: oracle and limit cases, smokes."""
+
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import log_softmax
+
+from clipjax import methods, runs
+from clipjax import model as model_lib
+from clipjax.data.tokenizer import Tokenizer
+from clipjax.methods import hotclip
+from clipjax.methods.base import Embeddings
+from clipjax.train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLASSES = ["circle", "square", "triangle"]
+
+
+def _config(name, arg):
+  path = os.path.join(REPO, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return model_lib.create("tiny", jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def batch():
+  rng = np.random.default_rng(0)
+  return {
+    "image": jnp.asarray(rng.uniform(size=(4, 32, 32, 3)), jnp.float32),
+    "labels/shape": jnp.asarray([0, 2, 1, 2], jnp.int32),
+  }
+
+
+def _class_ids(model):
+  tok = Tokenizer(None, context_length=model.config.text.context_length)
+  return tok([f"a photo of a {c}." for c in CLASSES]).tolist()
+
+
+def _tecoa(model, attack="pgd", eps=0.0, logit_scale=None):
+  return methods.get(
+    "hotclip_tecoa",
+    label_key="labels/shape",
+    class_ids=_class_ids(model),
+    attack=attack,
+    eps=eps,
+    step_size=1 / 255,
+    steps=3,
+    decay=1.0,
+    logit_scale=logit_scale,
+  )
+
+
+def test_tecoa_loss_is_cross_entropy_of_zero_shot_logits():
+  rng = np.random.default_rng(1)
+  zimg = rng.normal(size=(5, 6)).astype(np.float32)
+  zimg /= np.linalg.norm(zimg, axis=1, keepdims=True)
+  cls = rng.normal(size=(3, 6)).astype(np.float32)
+  cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+  labels = np.array([0, 2, 1, 1, 0])
+  valid = np.array([True, True, False, True, True])  # example 2 had label -1
+  emb = Embeddings(
+    zimg=jnp.asarray(zimg),
+    ztxt=jnp.asarray(cls[labels]),
+    logit_scale=jnp.float32(20.0),
+    extras={"class_emb": jnp.asarray(cls), "labels": jnp.asarray(labels), "valid": valid},
+  )
+  method = hotclip.tecoa(
+    label_key="labels/shape", class_ids=[[1, 2], [3, 4], [5, 6]], attack="fgsm", eps=0.0,
+    step_size=None, steps=None, decay=1.0, logit_scale=None,
+  )  # fmt: skip
+  value, aux, _ = method.loss(emb, {}, jax.random.key(0))
+  logp = log_softmax(20.0 * zimg @ cls.T, axis=1)
+  want = -np.mean(logp[np.arange(5), labels][valid])
+  np.testing.assert_allclose(float(value), want, rtol=1e-5)
+  acc = np.mean((logp.argmax(1) == labels)[valid])
+  np.testing.assert_allclose(float(aux["tecoa/adv_acc"]), acc)
+  assert float(aux["tecoa/n_labelled"]) == 4
+
+
+@pytest.mark.parametrize("attack", hotclip.ATTACKS)
+def test_tecoa_with_zero_eps_is_the_clean_loss(tiny, batch, attack):
+  method = _tecoa(tiny, attack=attack, eps=0.0)
+  params = dict(tiny.params)
+  emb = method.forward(tiny, params, batch, jax.random.key(1))
+  clean = tiny.encode_image(params, batch["image"]).emb
+  np.testing.assert_allclose(np.asarray(emb.zimg), np.asarray(clean), atol=1e-6)
+  value, _, _ = method.loss(emb, {}, jax.random.key(2))
+  ztxt = np.asarray(tiny.encode_text(params, jnp.asarray(_class_ids(tiny))).emb)
+  logp = log_softmax(float(tiny.logit_scale(params)) * np.asarray(clean) @ ztxt.T, axis=1)
+  labels = np.asarray(batch["labels/shape"])
+  np.testing.assert_allclose(float(value), -np.mean(logp[np.arange(4), labels]), rtol=1e-5)
+
+
+def test_tecoa_attack_raises_the_loss_and_the_gradient_skips_the_attack(tiny, batch):
+  params = dict(tiny.params)
+  clean = _tecoa(tiny, eps=0.0, logit_scale=100.0)
+  adv = _tecoa(tiny, eps=8 / 255, logit_scale=100.0)
+  l_clean = clean.loss(clean.forward(tiny, params, batch, jax.random.key(1)), {}, None)[0]
+  l_adv = adv.loss(adv.forward(tiny, params, batch, jax.random.key(1)), {}, None)[0]
+  assert float(l_adv) > float(l_clean) + 1e-3
+
+  def loss(p):
+    return adv.loss(adv.forward(tiny, p, batch, jax.random.key(1)), {}, None)[0]
+
+  grads = jax.grad(loss)(params)
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["text"]))
+  assert float(jnp.abs(grads["visual"]["proj"]).max()) > 0
+
+
+def test_tecoa_needs_labels_and_matching_context(tiny, batch):
+  method = _tecoa(tiny)
+  with pytest.raises(KeyError, match="train_labels"):
+    method.forward(tiny, dict(tiny.params), {"image": batch["image"]}, jax.random.key(0))
+  short = hotclip.tecoa(
+    label_key="labels/shape", class_ids=[[1, 2], [3, 4]], attack="pgd", eps=0.0,
+    step_size=0.0, steps=1, decay=1.0, logit_scale=None,
+  )  # fmt: skip
+  with pytest.raises(ValueError, match="context length"):
+    short.forward(tiny, dict(tiny.params), batch, jax.random.key(0))
+  with pytest.raises(ValueError, match="attack"):
+    hotclip.make_attack("cw", eps=0.1, step_size=0.1, steps=1, decay=1.0)
+  with pytest.raises(ValueError, match="steps"):
+    hotclip.make_attack("pgd", eps=0.1, step_size=0.1, steps=0, decay=1.0)
+
+
+def test_fare_is_zero_at_init_with_zero_eps_and_positive_under_attack(tiny, batch):
+  kw = {"step_size": 1 / 255, "steps": 2, "decay": 1.0}
+  params = dict(tiny.params)
+  zero = methods.get("hotclip_fare", attack="pgd", eps=0.0, **kw)
+  params["method"] = zero.init_params(tiny, jax.random.key(0))
+  value = zero.loss(zero.forward(tiny, params, batch, jax.random.key(1)), {}, None)[0]
+  assert float(value) == pytest.approx(0.0, abs=1e-10)
+  adv = methods.get("hotclip_fare", attack="mim", eps=8 / 255, **kw)
+  value = adv.loss(adv.forward(tiny, params, batch, jax.random.key(1)), {}, None)[0]
+  assert float(value) > 1e-6
+
+
+def test_submodel_smoke_trains_only_the_visual_tower(tmp_path):
+  config = _config("hotclip_submodel", "smoke,attack=mim,prompt=1")
+  assert config.data.train_labels == ["shape"]
+  summary = loop.run(config, str(tmp_path / "sub"))
+  assert summary["finished"]
+  events = [
+    json.loads(line)
+    for line in (tmp_path / "sub" / "metrics.jsonl").read_text().split("\n")
+    if line
+  ]
+  assert any("tecoa/adv_acc" in e for e in events)
+  init = loop.build_model(config, jax.random.key(config.seed)).params
+  trained = runs.load_model(str(tmp_path / "sub")).params
+  for a, b in zip(jax.tree.leaves(init["text"]), jax.tree.leaves(trained["text"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(init["logit_scale"]) == float(trained["logit_scale"])
+  pairs = zip(jax.tree.leaves(init["visual"]), jax.tree.leaves(trained["visual"]))
+  moved = [not np.array_equal(a, b) for a, b in pairs]
+  assert any(moved)
+  pytest.hotclip_sub = str(tmp_path / "sub")
+
+
+def test_fuse_task_smoke_on_two_workdirs(tmp_path):
+  from clipjax.fusion import task
+
+  sub = getattr(pytest, "hotclip_sub", None)
+  if sub is None:
+    pytest.skip("needs the submodel smoke run (run the whole module)")
+  p = runs.load_model(sub).params
+  rng = np.random.default_rng(0)
+  p2 = jax.tree.map(
+    lambda x: np.asarray(x) + np.float32(0.01) * rng.normal(size=np.shape(x)).astype(np.float32), p
+  )
+  other = task.save_params_workdir(p2, runs.read_run_config(sub), str(tmp_path / "other"))
+  config = _config("hotclip_fuse", "smoke")
+  config.workdirs = [[sub], [other]]
+  config.evaluate_submodels = False
+  config.finetune.intra_steps = 0  # the FARE inter fine-tune exercises the same trainer path
+  config.finetune.inter_steps = 1
+  config.eval.attacks = config.eval.attacks[:1]
+  summary = task.run(config, str(tmp_path / "fused"))
+  models = summary["models"]
+  assert set(models) == {"hierarchical", "direct_ot", "average", "ensemble"}
+  for name in ("hierarchical", "direct_ot", "average", "ensemble"):
+    assert 0.0 <= models[name]["robust_acc_worst"] <= models[name]["clean_acc"] <= 1.0
+  avg = runs.load_model(models["average"]["saved"]).params
+  want = jax.tree.map(lambda a, b: (np.asarray(a) + b) / 2, p["visual"], p2["visual"])
+  for a, b in zip(jax.tree.leaves(avg["visual"]), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), b, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(avg["text"]), jax.tree.leaves(p["text"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert models["hierarchical"]["finetune_steps"] == {"intra": 0, "inter": 1}
+  assert os.path.exists(str(tmp_path / "fused" / "finetune" / "inter" / "summary.json"))
+  assert models["direct_ot"]["checkpoint_loads"] == 2
+  assert os.path.exists(models["average"]["export/openai"])
+  assert (tmp_path / "fused" / "results.md").exists()
