@@ -139,7 +139,7 @@ def train_config() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.task = "train"
   c.seed = 0
-  c.total_steps = 1000  # ~10 min on 2 CPU cores at 48 px, batch 128 (docs/results.md)
+  c.total_steps = 1000  # optimizer steps (the schedule spans them)
   c.log_every_steps = 50  # console line + metrics.jsonl event
   c.distributed = "auto"  # jax.distributed.initialize(): "auto", "on" or "off"
   c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}  # -1: all remaining devices

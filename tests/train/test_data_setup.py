@@ -27,7 +27,8 @@ def test_train_labels_reach_model_inputs():
   want = [src.attributes(int(i)) for i in batch["index"]]
   assert batch["labels/colour"].tolist() == [a.colour for a in want]
   assert batch["labels/shape"].tolist() == [a.shape for a in want]
-  assert batch["labels/shape"].dtype == np.int32 and batch["ids"].shape == (16, 32)
+  assert batch["labels/shape"].dtype == np.int32
+  assert batch["ids"].shape == (16, c.data.context_length)
 
 
 def test_unknown_train_label_set_is_named():
