@@ -270,7 +270,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         eval_metrics = evaluator(state.params, step)
         eval_seconds += time.perf_counter() - t_eval
         writer.write(step, eval_metrics, kind="eval")
-        if is_main:
+        if is_main and step < config.total_steps:  # the final table is printed below
           print(periodic_eval.format_table(eval_metrics, step), flush=True)
       if preempt.requested or (distributed and ckpt.reached_preemption(step)):
         if is_main:
