@@ -35,6 +35,7 @@ import ml_collections as mlc
 import numpy as np
 from etils import epath
 
+from clipjax import runs
 from clipjax.attacks import Stochastic, build_attack
 from clipjax.data import registry, transforms
 from clipjax.data.tokenizer import Tokenizer
@@ -105,12 +106,15 @@ def _timed(fn, *args, repeats=3):
 
 def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates COLA per ``config`` (see module docstring); returns the results dict."""
-  from clipjax.train.loop import build_model
-
   wdir = epath.Path(workdir)
   wdir.mkdir(parents=True, exist_ok=True)
   (wdir / "config.json").write_text(config.to_json_best_effort(sort_keys=True, indent=2))
-  model = build_model(config, jax.random.key(config.seed))
+  model = runs.build_model(
+    config.model.to_dict(),
+    config.data.image_size,
+    config.data.context_length,
+    jax.random.key(config.seed),
+  )
   params = model.params
   ev = config.eval
   x_all, y_all, lset = load_examples(
