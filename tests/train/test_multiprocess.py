@@ -54,7 +54,7 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
   assert "step 4/4" in outs[0]
   assert "step 4/4" not in outs[1]  # only process 0 prints and writes metrics
   ckpt = tmp_path / "checkpoints" / "4"
-  assert sorted(p.name for p in (ckpt / "data_iter").iterdir()) == [
+  assert sorted(p.name for p in (ckpt / "data_iter").glob("process_*")) == [
     "process_0-of-2.json",
     "process_1-of-2.json",
   ]
