@@ -105,9 +105,6 @@ def evaluate_datasets(
   batch_size: int,
   max_examples: int,
   tokenizer: str = "",
-  mesh: Any = None,
-  process_index: int = 0,
-  process_count: int = 1,
 ) -> dict[str, float]:
   """Zero-shot and retrieval metrics, flat: `{dataset}/zeroshot/{label set}/acc1`, ...
 
@@ -120,10 +117,7 @@ def evaluate_datasets(
     batch_size: images per batch (per process).
     max_examples: evaluate at most this many examples per dataset (the first ones).
     tokenizer: merges file of the model's vocabulary ("" = the shipped OpenAI one).
-    mesh, process_index, process_count: kept for the trainer's call signature; evaluation
-      runs on this process's local devices (see module docstring).
   """
-  del mesh, process_index, process_count
   local_mesh = sharding.make_mesh({"data": -1}, devices=jax.local_devices())
   host_params = _host_params(params)
   enc_img = _padded_fn(lambda p, x: model.encode_image(p, x).emb, local_mesh)

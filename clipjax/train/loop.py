@@ -223,7 +223,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = metrics_lib.MetricWriter(
     str(wdir), enabled=is_main, tensorboard=config.get("tensorboard", False)
   )
-  evaluator = periodic_eval.Evaluator(config, model, mesh)
+  evaluator = periodic_eval.Evaluator(config, model)
   step = int(jax.device_get(state.step))
   first_step = step
   progress = metrics_lib.Progress(config.total_steps, config.data.batch_size, enabled=is_main)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import jax
 import ml_collections as mlc
-from jax.sharding import Mesh
 
 __all__ = ["Evaluator", "format_table"]
 
@@ -19,10 +17,9 @@ __all__ = ["Evaluator", "format_table"]
 class Evaluator:
   """Callable `(params, step) -> {metric: value}` over the configured eval datasets."""
 
-  def __init__(self, config: mlc.ConfigDict, model: Any, mesh: Mesh):
+  def __init__(self, config: mlc.ConfigDict, model: Any):
     self.config = config
     self.model = model
-    self.mesh = mesh
     self.every = config.eval.every_steps
     self.total = config.total_steps
 
@@ -40,14 +37,11 @@ class Evaluator:
       self.model,
       params,
       self.config.eval.datasets.to_dict(),
-      mesh=self.mesh,
       image_size=self.config.data.image_size,
       context_length=self.config.data.context_length,
       batch_size=self.config.eval.batch_size,
       max_examples=self.config.eval.max_examples,
       tokenizer=self.config.data.get("tokenizer", ""),
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
     )
 
 
