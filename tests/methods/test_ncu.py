@@ -251,6 +251,30 @@ def test_ga_reduces_to_clip_loss_without_forget_set_or_smoothing():
   assert float(aux["loss_forget"]) > float(aux["loss_retained"])  # swapped pairs are the hard ones
 
 
+def test_ablations_v3_v4_limit_cases():
+  """V3 ignores the forget set in the OT problem; V4 keeps hard targets on retained rows."""
+  emb = _unlearn_emb(np.random.default_rng(9))
+  wide = {"alpha": -2.0, "beta": 2.0, "max_iterations": 500, "threshold": 1e-6}  # L_sep = 0
+  # V3 (false negatives only) at P = 25 % has the OT loss of NCU without a forget set.
+  _, v3, _ = methods.get(
+    "ncu_unlearn", forget_fraction=0.25, unlearn="false_negatives", **wide
+  ).loss(emb, {}, None)
+  _, p0, _ = methods.get("ncu_unlearn", forget_fraction=0.0, **wide).loss(emb, {}, None)
+  _, full, _ = methods.get("ncu_unlearn", forget_fraction=0.25, **wide).loss(emb, {}, None)
+  np.testing.assert_allclose(float(v3["loss_otr"]), float(p0["loss_otr"]), rtol=1e-5)
+  assert abs(float(full["loss_otr"]) - float(p0["loss_otr"])) > 1e-2  # the forget set matters
+  # V4 (false positives only) without a forget set: every row keeps the hard identity target,
+  # so γ = 0.7 still gives symmetric InfoNCE with the extra column.
+  i2t, t2i = _ce_with_extra_column(emb)
+  val, _, _ = methods.get(
+    "ncu_unlearn", forget_fraction=0.0, gamma=0.7, unlearn="false_positives", **wide
+  ).loss(emb, {}, None)
+  np.testing.assert_allclose(float(val), i2t + t2i, rtol=1e-5)
+  ncu_p0 = methods.get("ncu_unlearn", forget_fraction=0.0, gamma=0.7, **wide)
+  _, soft, _ = ncu_p0.loss(emb, {}, None)
+  assert abs(float(soft["loss_otr"]) - (i2t + t2i)) > 1e-2  # NCU's soft targets differ
+
+
 def test_bad_options_are_named():
   with pytest.raises(ValueError, match="targets"):
     methods.get("ncu_unlearn", targets="nope")
