@@ -1,9 +1,9 @@
-"""clipjax.attacks: FGSM, PGD, MIM and APGD in pixel space [0, 1], EOT and BPDA wrappers.
+"""clipjax.attacks: FGSM, PGD, MIM, APGD and Square in pixel space [0, 1], EOT and BPDA wrappers.
 
 Every attack maximises an objective `loss_fn(x_bhwc, labels) -> loss_b` (or
 `(loss_b, success_b)`, see `losses.py`), is pure and wrapped in `jax.jit` (static: the objective,
 steps, norm; eps and step sizes are traced, so sweeping ε does not recompile), and costs one
-forward+backward over the batch per step.
+forward+backward over the batch per step; the black-box Square attack costs one forward per query.
 """
 
 from clipjax.attacks.autopgd import apgd, apgd_checkpoints, apgd_targeted
@@ -16,10 +16,12 @@ from clipjax.attacks.losses import (
   margin_objective,
 )
 from clipjax.attacks.registry import ATTACK_DEFAULTS, OBJECTIVES, build_attack, worst_case
+from clipjax.attacks.square import SquareResult, square, square_p, square_search
 
 __all__ = [
   "ATTACK_DEFAULTS",
   "OBJECTIVES",
+  "SquareResult",
   "Stochastic",
   "apgd",
   "apgd_checkpoints",
@@ -34,5 +36,8 @@ __all__ = [
   "margin_objective",
   "mim",
   "pgd",
+  "square",
+  "square_p",
+  "square_search",
   "worst_case",
 ]

@@ -16,6 +16,7 @@ import jax
 
 from clipjax.attacks import autopgd as apgd_lib
 from clipjax.attacks import core, iterative, losses
+from clipjax.attacks import square as square_lib
 from clipjax.attacks.eot import Stochastic, eot
 
 __all__ = ["ATTACK_DEFAULTS", "OBJECTIVES", "build_attack", "worst_case"]
@@ -49,6 +50,9 @@ ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
   "apgd-ce": {"eps": None, "steps": 100, "norm": "linf"},
   "apgd-dlr": {"eps": None, "steps": 100, "norm": "linf"},
   "apgd-t": {"eps": None, "steps": 100, "norm": "linf", "n_target_classes": 9},
+  # Black-box (queries only); defaults: AutoAttack's standard Square (paper ImageNet ℓ∞: 10000
+  # queries, p_init 0.05).
+  "square": {"eps": None, "n_queries": 5000, "p_init": 0.8, "norm": "linf", "loss": "margin"},
 }
 _COMMON = {"restarts": 1, "eot_draws": 1}
 
@@ -128,6 +132,15 @@ def build_attack(
         norm=norm,
         key=k,
       )
+  elif name == "square":
+    if full["n_queries"] < 1:
+      raise ValueError(f"attack 'square': n_queries must be >= 1, got {full['n_queries']}")
+    if norm != "linf":
+      raise ValueError(f"attack 'square': only norm 'linf' is implemented, got {norm!r}")
+    objective = _objective(full["loss"], logits_fn, full["eot_draws"])
+    single = lambda x, y, k: square_lib.square(
+      objective, x, y, eps=eps, n_queries=full["n_queries"], p_init=full["p_init"], key=k
+    )
   elif name in ("apgd-ce", "apgd-dlr"):
     objective = _objective(name.removeprefix("apgd-"), logits_fn, full["eot_draws"])
     single = lambda x, y, k: apgd_lib.apgd(
