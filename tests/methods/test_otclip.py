@@ -113,10 +113,25 @@ def test_fgw_reduces_to_entropic_as_weight_goes_to_zero():
   ]
   assert diffs[0] > 1e-4 and diffs[0] > diffs[1] > diffs[2]
   assert diffs[2] < 2e-2 * diffs[0]  # linear in α
-  # UFGW with hard marginals is FGW.
-  u, _ = otclip.ot_clip_loss(zi, zt, 0.1, kind="ufgw", alpha=0.1, outer_iters=3, **kw)
-  f, _ = otclip.ot_clip_loss(zi, zt, 0.1, kind="fgw", alpha=0.1, outer_iters=3, **kw)
-  np.testing.assert_allclose(u, f, rtol=1e-6)
+
+
+def test_ufgw_limits_are_fgw_and_uot():
+  zi, zt = _pair(n=6, noise=0.7)
+  kw = dict(direction="both", num_iters=5, outer_iters=3)
+
+  def loss(kind, **k):
+    return float(otclip.ot_clip_loss(zi, zt, 0.1, kind=kind, **kw, **k)[0])
+
+  fgw = loss("fgw", alpha=0.1)
+  # ρ = ∞ (hard marginals) is FGW exactly; finite ρ → ∞ converges to it, the gap shrinking ~1/ρ.
+  np.testing.assert_allclose(loss("ufgw", alpha=0.1), fgw, rtol=1e-6)
+  gaps = [abs(loss("ufgw", alpha=0.1, rho_a=r, rho_b=r) - fgw) for r in (1.0, 1e2, 1e4)]
+  assert gaps[0] > 1e-3 and gaps[1] < 0.05 * gaps[0] and gaps[2] < 0.05 * gaps[1], gaps
+  # α = 0 (no structure term) is UOT at the same ρ, which differs from the balanced losses.
+  uot = loss("uot", rho_a=1.0, rho_b=0.5)
+  np.testing.assert_allclose(loss("ufgw", alpha=0.0, rho_a=1.0, rho_b=0.5), uot, rtol=1e-6)
+  assert abs(uot - loss("entropic")) > 1e-3
+  assert abs(loss("ufgw", alpha=0.1, rho_a=1.0, rho_b=0.5) - uot) > 1e-4
 
 
 @pytest.mark.parametrize("kind", otclip.LOSSES)
