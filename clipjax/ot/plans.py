@@ -6,6 +6,9 @@ Every function here solves one OT problem on a precomputed [n, m] cost (see
 
 Which paper uses what:
 
+* :func:`kernel_sinkhorn` — balanced entropic OT by kernel-mode Sinkhorn on a precomputed,
+  shifted kernel, to a tolerance: the fastest forward solver on CPU for well-conditioned ε
+  (inference, targets, benchmarks); no gradients.
 * :func:`sinkhorn` — balanced/unbalanced/masked entropic OT through ott-jax
   (geometry → ``LinearProblem`` → ``Sinkhorn``). OT-CLIP's entropic and unbalanced losses
   (K unrolled iterations), its long-tailed inference (column marginal = label prior), NCU's
@@ -50,6 +53,7 @@ __all__ = [
   "OTResult",
   "dbot",
   "fgw_semirelaxed_softmax",
+  "kernel_sinkhorn",
   "partial_ot",
   "sinkhorn",
   "tau_from_rho",
@@ -353,6 +357,114 @@ def _sinkhorn_core(
     reg_ot_cost=reg_cost,
     converged=jnp.logical_and(converged, jnp.isfinite(err + mass)),
     n_iters=jnp.asarray(n_iters, jnp.int32),
+    marginal_error=err,
+    mass=mass,
+  )
+
+
+def kernel_sinkhorn(
+  cost_nm: jax.Array,
+  a_n: jax.Array | None = None,
+  b_m: jax.Array | None = None,
+  *,
+  epsilon: float | jax.Array,
+  max_iterations: int,
+  threshold: float,
+  inner_iterations: int = 10,
+) -> OTResult:
+  """Balanced entropic OT by kernel-mode Sinkhorn on a precomputed kernel, to an L1 tolerance.
+
+  Solves the problem of :func:`sinkhorn` (balanced, ``tau_a = tau_b = 1``) with the scaling
+  form ``P = diag(u) K diag(v)``, ``K = exp(-(C - min C)/ε)`` computed once: each iteration is
+  two matrix-vector products, against ott's kernel mode, which rebuilds ``exp(-C/ε)`` at every
+  application, and its log-domain mode, which needs two ``logsumexp`` passes over [n, m] per
+  iteration. ``docs/benchmarks/ot.md`` compares them with POT. The solution is a constant
+  (stop-gradient); use :func:`sinkhorn` for gradients, masks or unbalanced marginals.
+
+  Kernel mode is only accurate when ``(max C - min C)/ε`` is below ~80 in float32 (cosine costs
+  of L2-normalised embeddings: ε ≳ 0.025): beyond that rows of ``K`` underflow, the marginal
+  error stays above ``threshold`` and ``converged`` is False (no NaN is produced).
+
+  Args:
+    cost_nm: [n, m] cost, float32 or bfloat16 (solved in float32).
+    a_n: [n] row weights (default uniform 1/n); zero weights (padding) get no mass.
+    b_m: [m] column weights (default uniform 1/m).
+    epsilon: entropic regularisation, absolute.
+    max_iterations: iteration cap.
+    threshold: L1 marginal error below which the solver stops and reports ``converged``
+      (checked every ``inner_iterations``; rows are exact after each iteration, so this is the
+      column error ``|Pᵀ1 - b|_1``).
+    inner_iterations: iterations between error checks (each check costs one extra mat-vec).
+
+  Returns:
+    :class:`OTResult`; ``f = ε log u + min C`` and ``g = ε log v`` (``-inf`` on zero weights),
+    ``reg_ot_cost = <P, C> + ε KL(P | a bᵀ)`` as for :func:`sinkhorn`.
+  """
+  _check_iters(max_iterations, threshold)
+  if int(inner_iterations) < 1:
+    raise ValueError(f"inner_iterations must be >= 1, got {inner_iterations}")
+  cost_nm = _check_cost(cost_nm)
+  n, m = cost_nm.shape
+  a_n = _marginal(a_n, n, "a_n", cost_nm.dtype)
+  b_m = _marginal(b_m, m, "b_m", cost_nm.dtype)
+  return _kernel_core(
+    cost_nm,
+    a_n,
+    b_m,
+    jnp.asarray(epsilon, cost_nm.dtype),
+    jnp.asarray(threshold, cost_nm.dtype),
+    max_iterations=int(max_iterations),
+    inner_iterations=int(inner_iterations),
+  )
+
+
+def _scale(w_k: jax.Array, s_k: jax.Array) -> jax.Array:
+  # w / s, with 0 for zero weights and a finite value (and a reported error) where s underflows.
+  return jnp.where(w_k > 0, w_k / jnp.where(s_k > 0, s_k, 1.0), 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("max_iterations", "inner_iterations"))
+def _kernel_core(cost_nm, a_n, b_m, epsilon, threshold, *, max_iterations, inner_iterations):
+  cost_nm, a_n, b_m, epsilon = jax.lax.stop_gradient((cost_nm, a_n, b_m, epsilon))
+  cmin = jnp.min(cost_nm)
+  k_nm = jnp.exp(-(cost_nm - cmin) / epsilon)
+  n_blocks = -(-max_iterations // inner_iterations)
+
+  def step(_, uv):
+    u_n, _ = uv
+    v_m = _scale(b_m, u_n @ k_nm)
+    return _scale(a_n, k_nm @ v_m), v_m
+
+  def block(state):
+    uv, _, it = state
+    uv = jax.lax.fori_loop(0, inner_iterations, step, uv)
+    u_n, v_m = uv
+    return uv, _l1(v_m * (u_n @ k_nm) - b_m), it + 1
+
+  def cond(state):
+    _, err, it = state
+    return jnp.logical_and(it < n_blocks, jnp.logical_not(err <= threshold))
+
+  init = ((a_n > 0).astype(cost_nm.dtype), jnp.zeros_like(b_m))
+  (u_n, v_m), _, it = jax.lax.while_loop(cond, block, (init, jnp.asarray(jnp.inf), 0))
+  plan_nm = u_n[:, None] * k_nm * v_m[None, :]
+  err = _l1(jnp.sum(plan_nm, 1) - a_n) + _l1(jnp.sum(plan_nm, 0) - b_m)
+  with jax.numpy_rank_promotion("allow"):
+    f_n = jnp.where(a_n > 0, epsilon * jnp.log(u_n) + cmin, -jnp.inf)
+    g_m = jnp.where(b_m > 0, epsilon * jnp.log(v_m), -jnp.inf)
+  ref_nm = a_n[:, None] * b_m[None, :]
+  pos_nm = plan_nm > 0
+  kl = jnp.sum(jnp.where(pos_nm, plan_nm * jnp.log(jnp.where(pos_nm, plan_nm / ref_nm, 1.0)), 0.0))
+  transport = jnp.sum(plan_nm * cost_nm)
+  mass = jnp.sum(plan_nm)
+  return OTResult(
+    plan=plan_nm,
+    f=f_n,
+    g=g_m,
+    transport_cost=transport,
+    reg_ot_cost=transport + epsilon * (kl - mass + 1.0),
+    converged=jnp.logical_and(err <= threshold, jnp.isfinite(err + mass)),
+    n_iters=(it * inner_iterations).astype(jnp.int32),
     marginal_error=err,
     mass=mass,
   )

@@ -473,3 +473,65 @@ def test_bad_inputs_raise_clear_errors():
     cot.partial_ot(
       jnp.zeros(3), mass=0.5, epsilon=0.1, grad="unroll", max_iterations=5, threshold=1e-3
     )
+
+
+def test_kernel_sinkhorn_matches_pot_and_ott_and_reports_nonconvergence():
+  cost, a, b = _problem(40, 30, 7)
+  a[3] = 0.0  # padding row: no mass, -inf potential
+  a /= a.sum()
+  eps = 0.05
+  rows = a > 0
+  ref = np.zeros_like(cost)
+  ref[rows] = pot.sinkhorn(
+    a[rows], b, cost[rows], eps, method="sinkhorn_log", stopThr=1e-13, numItermax=20000
+  )
+  with jax.enable_x64(True):
+    r = cot.kernel_sinkhorn(
+      jnp.asarray(cost),
+      jnp.asarray(a),
+      jnp.asarray(b),
+      epsilon=eps,
+      max_iterations=5000,
+      threshold=1e-10,
+    )
+    assert bool(r.converged) and float(r.marginal_error) < 1e-9
+    assert int(r.n_iters) % 10 == 0 and int(r.n_iters) < 5000
+    np.testing.assert_allclose(np.asarray(r.plan), ref, atol=1e-8, rtol=0)
+    assert np.all(np.asarray(r.plan)[3] == 0.0) and np.isneginf(float(r.f[3]))
+    # The potentials reproduce the plan: P = exp((f_i + g_j - C_ij)/ε) on valid rows.
+    rebuilt = np.exp((np.asarray(r.f)[:, None] + np.asarray(r.g)[None, :] - cost) / eps)
+    np.testing.assert_allclose(rebuilt[rows], ref[rows], atol=1e-8, rtol=0)
+    ott = cot.sinkhorn(
+      jnp.asarray(cost),
+      jnp.asarray(a),
+      jnp.asarray(b),
+      epsilon=eps,
+      grad="stop_gradient",
+      max_iterations=5000,
+      threshold=1e-10,
+    )
+    assert abs(float(r.reg_ot_cost) - float(ott.reg_ot_cost)) < 1e-8
+    assert abs(float(r.transport_cost) - float(np.sum(ref * cost))) < 1e-8
+  # Too few iterations: reported, not hidden.
+  short = cot.kernel_sinkhorn(
+    jnp.asarray(cost, jnp.float32),
+    epsilon=0.01,
+    max_iterations=2,
+    threshold=1e-6,
+    inner_iterations=1,
+  )
+  assert not bool(short.converged) and int(short.n_iters) == 2
+  assert float(short.marginal_error) > 1e-6
+  # Far beyond kernel mode's range (spread/ε ≈ 2e4): finite, flagged as not converged.
+  tiny = cot.kernel_sinkhorn(
+    jnp.asarray(cost, jnp.float32), epsilon=1e-4, max_iterations=50, threshold=1e-6
+  )
+  assert not bool(tiny.converged) and bool(jnp.all(jnp.isfinite(tiny.plan)))
+  with pytest.raises(ValueError, match="inner_iterations"):
+    cot.kernel_sinkhorn(
+      jnp.asarray(cost), epsilon=eps, max_iterations=10, threshold=1e-3, inner_iterations=0
+    )
+  with pytest.raises(ValueError, match="b_m must have shape"):
+    cot.kernel_sinkhorn(
+      jnp.asarray(cost), None, jnp.ones(3), epsilon=eps, max_iterations=10, threshold=1e-3
+    )
