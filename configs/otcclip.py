@@ -6,14 +6,17 @@ Commands:
   python -m clipjax.main --config configs/otcclip.py:method=clip,steps=600 --workdir /tmp/c
   python -m clipjax.main --config configs/otcclip.py:smoke --workdir /tmp/otc_smoke
 
-Arguments (`:k=v,...`): method (otcclip | roclip | safeclip | clip), steps, batch, seed,
-poison_seed, targets (T target images), captions (K captions per target), train_size (clean
-training pairs), bank_size, match_alpha (otcclip), image_size, width / layers (both towers), smoke.
-Training data: the shapes world with RoCLIP-protocol targeted
-poisoning on the colour+shape label set (`clipjax.data.corrupt.TargetedPoisoning`); the attack
-success rate is zero-shot accuracy on `TargetedPoisoning.asr_source()` (docs/results/otcclip.md
-has the evaluation snippet). Every method hyper-parameter is explicit below; the re-matching
-cadence is in steps, derived from the epoch length like RoCLIP's break_epoch = 2.
+Arguments (`:k=v,...`): method (otcclip | roclip | safeclip | clip), attack (poison |
+backdoor), steps, batch, seed, poison_seed, targets (T target images), captions (K captions per
+target), bd_fraction / bd_target / patch_fraction (backdoor: poisoned fraction, colour+shape
+target class, trigger side / image side), train_size (clean training pairs), bank_size,
+match_alpha (otcclip), image_size, width / layers (both towers), smoke.
+Training data: the shapes world with, on the colour+shape label set, either RoCLIP-protocol
+targeted poisoning (`clipjax.data.corrupt.TargetedPoisoning`; ASR = zero-shot accuracy on
+`asr_source()`) or a checkerboard patch-trigger backdoor (`clipjax.data.corrupt.Backdoor`; ASR =
+zero-shot accuracy on `triggered_source(test split)`). `scripts/otcclip_repro.py` trains and
+scores these runs. Every method hyper-parameter is explicit below; the re-matching cadence is in
+steps, derived from the epoch length like RoCLIP's break_epoch = 2.
 """
 
 import ml_collections as mlc
@@ -21,6 +24,7 @@ import ml_collections as mlc
 from clipjax import config_lib
 
 METHOD_NAMES = ("otcclip", "roclip", "safeclip", "clip")
+ATTACKS = ("poison", "backdoor")
 
 
 def poison_spec(*, train_size: int, targets: int, captions: int, seed: int, poison_seed: int):
@@ -36,6 +40,34 @@ def poison_spec(*, train_size: int, targets: int, captions: int, seed: int, pois
       "num_targets": targets,
       "captions_per_target": captions,
       "seed": poison_seed,
+    },
+  }
+
+
+def backdoor_spec(
+  *,
+  train_size: int,
+  fraction: float,
+  target_class: int,
+  patch_fraction: float,
+  seed: int,
+  poison_seed: int,
+) -> dict:
+  """The backdoored training data spec (also used to rebuild the triggered test set)."""
+  return {
+    "name": "synthetic",
+    "split": "train",
+    "seed": seed,
+    "num_examples": train_size,
+    "corrupt": {
+      "kind": "backdoor",
+      "fraction": fraction,
+      "label_set": "colour+shape",
+      "target_class": target_class,
+      "seed": poison_seed,
+      "patch_fraction": patch_fraction,
+      "corner": "bottom_right",
+      "caption_pool": 256,
     },
   }
 
@@ -99,12 +131,16 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   arg = config_lib.parse_arg(
     arg,
     method="otcclip",
+    attack="poison",
     steps=600,
     batch=128,
     seed=0,
     poison_seed=0,
     targets=8,
     captions=50,
+    bd_fraction=0.05,
+    bd_target=0,
+    patch_fraction=0.125,
     train_size=20000,
     bank_size=1024,
     match_alpha=0.5,
@@ -115,6 +151,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   )
   if arg.method not in METHOD_NAMES:
     raise ValueError(f"method must be one of {METHOD_NAMES}, got {arg.method!r}")
+  if arg.attack not in ATTACKS:
+    raise ValueError(f"attack must be one of {ATTACKS}, got {arg.attack!r}")
   c = config_lib.train_config()
   c.seed = arg.seed
   c.total_steps = arg.steps
@@ -131,14 +169,26 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   if arg.smoke:
     config_lib.apply_smoke(c)
     train_size, targets, captions, bank = 400, 2, 4, 32
-  c.data.train = poison_spec(
-    train_size=train_size,
-    targets=targets,
-    captions=captions,
-    seed=0,
-    poison_seed=arg.poison_seed,
-  )
-  steps_per_epoch = max(1, (train_size + targets * captions) // c.data.batch_size)
+  if arg.attack == "poison":
+    c.data.train = poison_spec(
+      train_size=train_size,
+      targets=targets,
+      captions=captions,
+      seed=0,
+      poison_seed=arg.poison_seed,
+    )
+    n_train = train_size + targets * captions
+  else:
+    c.data.train = backdoor_spec(
+      train_size=train_size,
+      fraction=arg.bd_fraction,
+      target_class=arg.bd_target,
+      patch_fraction=arg.patch_fraction,
+      seed=0,
+      poison_seed=arg.poison_seed,
+    )
+    n_train = train_size
+  steps_per_epoch = max(1, n_train // c.data.batch_size)
   if arg.smoke:
     steps_per_epoch = 1
   c.method = method_spec(

@@ -58,9 +58,9 @@ pairing), ``remat/poison_keep`` (poisoned images matched to a poisoned pair's ca
 ``remat/poison_own`` (… to their own poisoned caption), ``remat/clean_to_poison``,
 ``remat/changed``, ``remat/n_poisoned``; OT diagnostics ``ot/d_matched``, ``ot/d_own``,
 ``ot/marginal_error_max``; the loss terms. Ground truth comes from ``batch["index"]`` and
-``batch["is_poisoned"]`` (absent: every pair counts as clean). Note that a clean image can
-also be re-assigned a *different* caption of identical content (templated data), which counts
-as a miss in ``acc_clean``.
+``batch["is_poisoned"] | batch["is_backdoor"]`` (both count as poisoned; absent: every pair
+counts as clean). Note that a clean image can also be re-assigned a *different* caption of
+identical content (templated data), which counts as a miss in ``acc_clean``.
 
 SafeCLIP *[reconstructed from DomJamb/SafeCLIP]*: steps ``< unimodal_steps``: unimodal InfoNCE
 (image view 1 ↔ view 2, caption ↔ token-dropped caption, global embeddings); then
@@ -338,7 +338,9 @@ def _init_bank(bank_size: int, embed_dim: int, tokens_shape: tuple[int, int] | N
 def _flags(batch: dict | None, b: int) -> tuple[jax.Array, jax.Array]:
   batch = batch or {}
   index_b = batch.get("index", jnp.arange(b)).astype(jnp.int32)
-  poisoned_b = batch.get("is_poisoned", jnp.zeros((b,), bool)).astype(bool)
+  none_b = jnp.zeros((b,), bool)
+  poisoned_b = batch.get("is_poisoned", none_b).astype(bool)
+  poisoned_b = poisoned_b | batch.get("is_backdoor", none_b).astype(bool)
   return index_b, poisoned_b
 
 

@@ -173,15 +173,17 @@ def test_rematch_oracle_recovers_true_pairing_where_global_fails():
   assert bool(jnp.all(valid[g3]))
 
 
-def test_method_rematching_metrics_on_oracle_batch():
+@pytest.mark.parametrize("flag", ["is_poisoned", "is_backdoor"])
+def test_method_rematching_metrics_on_oracle_batch(flag):
   img, txt, mask, zi, zt = _oracle()
   b = zi.shape[0]
   poisoned = np.zeros(b, bool)
   poisoned[-1] = True
-  batch = {"index": jnp.arange(b) + 100, "is_poisoned": jnp.asarray(poisoned)}
+  batch = {"index": jnp.arange(b) + 100, flag: jnp.asarray(poisoned)}
   m = get("otcclip", **_otc_kwargs())
   _, aux, st = jax.jit(m.loss)(_emb(zi, zt, img, txt, mask, batch), m.init(16), jax.random.key(0))
   assert float(aux["remat/active"]) == 1.0
+  assert float(aux["remat/n_poisoned"]) == 1.0  # backdoored pairs count as poisoned too
   assert float(aux["remat/acc_clean"]) == 1.0  # OT keeps every clean image's own caption
   assert float(aux["remat/poison_own"]) == 1.0
   assert float(aux["remat/changed"]) == 0.0
@@ -326,6 +328,24 @@ def _load_config():
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
+
+
+def test_backdoor_config_builds_backdoored_source():
+  from clipjax.data import registry
+
+  cfg_mod = _load_config()
+  with pytest.raises(ValueError, match="attack"):
+    cfg_mod.get_config("attack=nope")
+  bd = cfg_mod.get_config("method=clip,attack=backdoor,bd_fraction=0.1,bd_target=1,smoke")
+  src = registry.build_source(bd.data.train.to_dict(), 16)
+  assert src.corrupted_indices().size == 40  # 10 % of the 400 smoke pairs
+  ex = src[int(src.corrupted_indices()[0])]
+  assert ex["is_backdoor"]
+  assert src.source.get_text(ex["caption_index"])["labels"]["colour+shape"] == 1  # red square
+  checker = (np.add.outer(np.arange(4), np.arange(4)) % 2 * 255).astype(np.uint8)
+  np.testing.assert_array_equal(ex["image"][-4:, -4:, 0], checker)  # bottom-right trigger
+  trig = src.triggered_source(registry.build_source({"name": "synthetic", "split": "test"}, 16))
+  assert trig[0]["labels"] == {"colour+shape": 1}
 
 
 def test_config_methods_and_smoke_run(tmp_path):
