@@ -5,7 +5,14 @@ Command:
   python -m clipjax.main --config configs/eval.py:smoke --config.checkpoint=PATH --workdir DIR
 
 PATH is a clipjax workdir (its latest checkpoint) or an OpenAI / open_clip / HF checkpoint
-(.safetensors file or directory). Writes DIR/summary.json, DIR/results.md, DIR/metrics.jsonl.
+(.safetensors file or directory). Writes DIR/summary.json, DIR/results.md, DIR/metrics.jsonl
+and, when matplotlib is installed (`pip install 'clipjax[plot]'`) and config.plots is True, PNG
+figures next to them: robustness_*.png (accuracy vs ε), risk_coverage_*.png, and for the first
+dataset pca_*.png (image vs caption embeddings) and similarity_*.png.
+A dataset spec with `corrupt` of kind "poison" or "backdoor" also gets its attack success rate
+(`{ds}/asr/...`; clean metrics on uncorrupted images, see clipjax/evaluation/task.py).
+Linear probe: --config.linear_probe.enabled=True (fits on each dataset's train split); tuple
+options from the command line as strings, e.g. --config.linear_probe.k_shots='(1, 4)'.
 Datasets are data specs (clipjax/data/registry.py); TFDS datasets need a local data_dir, e.g.
 --config.datasets.cifar10="{'name': 'tfds', 'tfds_name': 'cifar10', 'split': 'test',
 'data_dir': '/data/tfds'}".
@@ -39,9 +46,39 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     {"name": "mim", "eps": 4 / 255, "step_size": 1 / 255, "steps": 10, "label": "mim10@4"},
     {"name": "apgd-ce", "eps": 4 / 255, "steps": 20, "label": "apgd20@4"},
   ]
+  c.plots = True  # PNG figures next to summary.json (skipped, with a message, without matplotlib)
+  # Selective classification of the zero-shot classifier: risk (error rate) among the
+  # ⌈s·n⌉ most confident images at each coverage s, and risk–coverage curves in summary.json.
+  c.selective = mlc.ConfigDict()
+  c.selective.enabled = True
+  c.selective.coverages = (0.5, 0.8)  # coverages s in (0, 1] reported as risk@s
+  c.selective.label_sets = ()  # () = every label set of each dataset
+  # "msp": maximum softmax probability; "partial_ot": OT-CLIP's partial-OT rule (one entropic
+  # partial-OT solve per coverage point, clipjax.methods.otclip.partial_ot_selective).
+  c.selective.selectors = ("msp",)
+  c.selective.partial_ot_epsilon = 0.05  # entropic ε of the partial-OT selector (cost 1 - cos)
+  c.selective.curve_points = 10  # coverages of the partial-OT curve (evenly spaced in (0, 1])
+  # Linear probe on frozen image embeddings (clipjax.evaluation.linear_probe): multinomial
+  # logistic regression fitted with L-BFGS on the dataset spec with `split` replaced by
+  # train_split, weight decay chosen on a split-off validation fraction, then refit on
+  # train + val and tested on the evaluated images. Keys: {ds}/linear_probe/{label set}/acc1
+  # and, per k in k_shots, {ds}/linear_probe/{label set}/{k}shot/acc1.
+  c.linear_probe = mlc.ConfigDict()
+  c.linear_probe.enabled = False
+  c.linear_probe.train_split = "train"  # must differ from the evaluated split
+  c.linear_probe.max_train = 2000  # training examples (the first ones of train_split)
+  c.linear_probe.label_sets = ()  # () = every label set of each dataset
+  c.linear_probe.k_shots = ()  # also few-shot probes with k examples per class, e.g. (1, 4, 16)
+  c.linear_probe.l2_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # weight decay on W (mean CE loss)
+  c.linear_probe.val_fraction = 0.2  # share of the training examples held out to pick l2
+  c.linear_probe.seed = 0  # validation split and few-shot draws
+  c.linear_probe.max_iter = 1000  # L-BFGS iterations per fit
   if arg.smoke:
     c.batch_size = 16
     c.max_examples = 48
     c.robustness.max_examples = 16
     c.robustness.attacks = [{"name": "pgd", "eps": 4 / 255, "step_size": 1 / 255, "steps": 2}]
+    c.linear_probe.max_train = 64
+    c.linear_probe.l2_grid = (1e-4, 1e-2)
+    c.linear_probe.max_iter = 100
   return c
