@@ -1,14 +1,19 @@
 """HOT-CLIP fusion: fuse an [attack][prompt] grid of submodel workdirs and evaluate (task
 "hotclip_fuse", `clipjax/fusion/task.py`).
 
+Config arguments: `root`, `attacks` (+-separated), `prompts` (grid size), `epsilon` (Sinkhorn),
+`fusions` (+-separated subset of hierarchical, direct_ot, average, ensemble; empty for none),
+`submodels` (evaluate every submodel), `eval_attacks` ("full" or "light"), `smoke`.
+
 Submodel workdirs are named `{root}_{attack}_{prompt}` (as `scripts/hotclip_grid.sh` writes
 them), or given explicitly with `--config.workdirs`. Every submodel, the hierarchical OT fusion
 (Algorithm 1), direct OT fusion, direct averaging and the output ensemble are evaluated on
-clean and robust zero-shot accuracy (PGD-10 and APGD-CE at ε = 2/255 and 4/255 by default).
+clean and robust zero-shot accuracy (PGD-10 and APGD-CE-10 at ε = 2/255 and 4/255 by default).
 
 Commands:
-  python -m clipjax.main --config configs/hotclip_fuse.py:root=/tmp/hot,attacks=fgsm+pgd,prompts=2 \
-    --config.base=/tmp/hot_base --workdir /tmp/hot_fused
+  python -m clipjax.main \
+    --config configs/hotclip_fuse.py:root=/tmp/hot,attacks=fgsm+pgd+mim,prompts=3 \
+    --config.base=/tmp/qs/full4 --workdir /tmp/hot_fused
   python -m clipjax.main --config configs/hotclip_fuse.py:smoke,root=/tmp/hs --workdir /tmp/hf
 
 Paper settings (appendix D): weight representations, l2-normalised, squared Euclidean cost,
@@ -24,10 +29,38 @@ def _attack(name: str, eps: float, **kw) -> dict:
   return {"name": name, "eps": eps / 255.0, "label": f"{name}@{eps:g}/255", **kw}
 
 
+FUSIONS = ("hierarchical", "direct_ot", "average", "ensemble")
+# Evaluation attack sets: "full" (PGD-10 and APGD-CE-10 at 2/255 and 4/255) and "light" (PGD-10 at
+# 2/255 only, for the many submodels when CPU time is short).
+EVAL_ATTACKS = {
+  "full": [
+    _attack("pgd", 2, step_size=0.5 / 255, steps=10),
+    _attack("pgd", 4, step_size=1 / 255, steps=10),
+    _attack("apgd-ce", 2, steps=10),
+    _attack("apgd-ce", 4, steps=10),
+  ],
+  "light": [_attack("pgd", 2, step_size=0.5 / 255, steps=10)],
+}
+
+
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
   arg = config_lib.parse_arg(
-    arg, smoke=False, root="/tmp/hot", attacks="fgsm+pgd+mim", prompts=3, epsilon=0.08
+    arg,
+    smoke=False,
+    root="/tmp/hot",
+    attacks="fgsm+pgd+mim",
+    prompts=3,
+    epsilon=0.08,
+    fusions="+".join(FUSIONS),
+    submodels=True,
+    eval_attacks="full",
   )
+  fusions = [f for f in arg.fusions.split("+") if f]
+  unknown = sorted(set(fusions) - set(FUSIONS))
+  if unknown:
+    raise ValueError(f"fusions={arg.fusions!r} has unknown entries {unknown}; valid: {FUSIONS}")
+  if arg.eval_attacks not in EVAL_ATTACKS:
+    raise ValueError(f"eval_attacks={arg.eval_attacks!r} is not one of {sorted(EVAL_ATTACKS)}")
   c = mlc.ConfigDict()
   c.task = "hotclip_fuse"
   c.seed = 0
@@ -35,8 +68,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.workdirs = [[f"{arg.root}_{a}_{t}" for t in range(arg.prompts)] for a in arg.attacks.split("+")]
   c.anchor = [0, 0]  # (attack, prompt) of the anchor submodel
   c.base = ""  # optional: the pre-fine-tune workdir, evaluated for reference
-  c.evaluate_submodels = True
-  c.fusions = ["hierarchical", "direct_ot", "average", "ensemble"]
+  c.evaluate_submodels = arg.submodels
+  c.fusions = fusions
   c.spec = {"residual": "auto", "head_mode": "per_head"}  # auto: "none" for sincos2d positions
   c.align = {
     "solver": "sinkhorn",
@@ -66,12 +99,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     "templates": "all",  # "all" (template ensemble) or "first"
     "batch_size": 100,
     "max_examples": 500,
-    "attacks": [
-      _attack("pgd", 2, step_size=0.5 / 255, steps=10),
-      _attack("pgd", 4, step_size=1 / 255, steps=10),
-      _attack("apgd-ce", 2, steps=20),
-      _attack("apgd-ce", 4, steps=20),
-    ],
+    "attacks": [dict(a) for a in EVAL_ATTACKS[arg.eval_attacks]],
   }
   if arg.smoke:
     c.eval.max_examples = 16

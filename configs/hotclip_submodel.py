@@ -4,12 +4,15 @@ Fine-tunes the visual tower of `model.init_checkpoint` (a clipjax workdir, e.g. 
 with TeCoA (`loss=tecoa`: cross-entropy of zero-shot logits of ℓ∞ adversarial images against the
 class prompts "template_t(classname)" of one label set of the synthetic world) or FARE
 (`loss=fare`); text tower and logit scale frozen. ε, step size are in 1/255 pixel units.
+Pass the base as `init=WORKDIR` (not `--config.model.init_checkpoint`): its architecture, image
+size and context length are then read from its config.json before the prompts are tokenised.
 
 Commands:
   python -m clipjax.main --config configs/quickstart.py --workdir /tmp/hot_base \
     --config.total_steps=300
-  python -m clipjax.main --config configs/hotclip_submodel.py:attack=pgd,prompt=0 \
-    --config.model.init_checkpoint=/tmp/hot_base --workdir /tmp/hot_pgd_0
+  python -m clipjax.main \
+    --config configs/hotclip_submodel.py:attack=pgd,prompt=0,init=/tmp/hot_base \
+    --workdir /tmp/hot_pgd_0
   python -m clipjax.main --config configs/hotclip_submodel.py:smoke --workdir /tmp/hot_smoke
 
 The grid |A| × |T| is one workdir per (attack, prompt); `configs/hotclip_fuse.py` fuses them.
@@ -19,7 +22,7 @@ Paper settings (appendix D, ViT-L/14 on ImageNet): AdamW lr 1e-5, wd 0.01, batch
 
 import ml_collections as mlc
 
-from clipjax import config_lib
+from clipjax import config_lib, runs
 from clipjax.data import registry
 from clipjax.data.sources import label_sets_of
 from clipjax.data.tokenizer import Tokenizer
@@ -69,8 +72,16 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.log_every_steps = 10
     c.checkpoint.every_steps = 60
     c.eval.every_steps = 60
-    c.eval.max_examples = 500
+    c.eval.max_examples = 100  # a monitor only; clipjax.fusion.task evaluates the submodels
   c.model.init_checkpoint = arg.init
+  if arg.init and runs.is_workdir(arg.init):
+    # The base's architecture and data sizes, so that the class prompts below are tokenised at
+    # the base's context length (a later --config.data.context_length would not re-tokenise).
+    base = runs.read_run_config(arg.init)
+    c.model.name = base["model"]["name"]
+    c.model.overrides = base["model"].get("overrides") or {}
+    for key in ("image_size", "context_length", "tokenizer"):
+      c.data[key] = base["data"][key]
   c.data.train_labels = [arg.label_set]
   c.optim.lr = 1e-4
   c.optim.weight_decay = 0.01

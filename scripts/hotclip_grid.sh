@@ -1,26 +1,51 @@
 #!/usr/bin/env bash
-# HOT-CLIP small-scale reproduction: base CLIP, an |A| x |T| grid of TeCoA submodels, fusion.
+# HOT-CLIP small-scale reproduction: an |A| x |T| grid of TeCoA submodels fine-tuned from a
+# trained base CLIP workdir, then fusion + evaluation (task hotclip_fuse).
 #
-# Usage: scripts/hotclip_grid.sh [ROOT] [ATTACKS] [PROMPTS] [BASE_STEPS] [FT_STEPS]
-#   e.g. scripts/hotclip_grid.sh /tmp/hot fgsm+pgd 2 300 40
-# Writes ROOT_base (quickstart), ROOT_<attack>_<prompt> (submodels) and ROOT_fused (results.md).
+# Usage: scripts/hotclip_grid.sh BASE [ROOT] [ATTACKS] [PROMPTS] [FT_STEPS]
+#   e.g. scripts/hotclip_grid.sh /tmp/qs/full4 /tmp/hotclip/g fgsm+pgd+mim 3 150
+# BASE is a trained clipjax workdir (e.g. a finished `configs/quickstart.py` run). Writes
+# ROOT_<attack>_<prompt> (submodels; a finished one is skipped on re-runs) and ROOT_fused
+# (summary.json, results.md). Wall seconds per run are appended to ROOT_times.tsv.
+# Extra flags: SUB_ARGS (every submodel run, e.g. "--config.optim.lr=3e-4"), FUSE_CFG (config
+# arguments appended to the fuse config, e.g. ",fusions=average,submodels=False"), FUSE_ARGS (fuse
+# flags); the interpreter in PY (e.g. "nice -n 19 python").
 set -euo pipefail
-ROOT=${1:-/tmp/hot}
-ATTACKS=${2:-fgsm+pgd+mim}
-PROMPTS=${3:-3}
-BASE_STEPS=${4:-300}
-FT_STEPS=${5:-60}
+BASE=${1:?usage: scripts/hotclip_grid.sh BASE [ROOT] [ATTACKS] [PROMPTS] [FT_STEPS]}
+ROOT=${2:-/tmp/hot}
+ATTACKS=${3:-fgsm+pgd+mim}
+PROMPTS=${4:-3}
+FT_STEPS=${5:-150}
 PY=${PY:-python}
+SUB_ARGS=${SUB_ARGS:-}
+FUSE_CFG=${FUSE_CFG:-}
+FUSE_ARGS=${FUSE_ARGS:-}
 
-$PY -m clipjax.main --config configs/quickstart.py --workdir "${ROOT}_base" \
-  --config.total_steps="$BASE_STEPS"
+timed() {  # timed NAME CMD...: runs CMD, appends "NAME<TAB>wall seconds" to ROOT_times.tsv
+  local name=$1 start end
+  shift
+  start=$(date +%s.%N)
+  "$@"
+  end=$(date +%s.%N)
+  printf '%s\t%.1f\t%s\n' "$name" "$(echo "$end - $start" | bc)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    >>"${ROOT}_times.tsv"
+}
+
 for attack in ${ATTACKS//+/ }; do
   for ((t = 0; t < PROMPTS; t++)); do
-    $PY -m clipjax.main --config "configs/hotclip_submodel.py:attack=$attack,prompt=$t" \
-      --config.model.init_checkpoint="${ROOT}_base" --config.total_steps="$FT_STEPS" \
-      --config.checkpoint.every_steps="$FT_STEPS" --config.eval.every_steps="$FT_STEPS" \
-      --config.seed="$t" --workdir "${ROOT}_${attack}_${t}"
+    wd="${ROOT}_${attack}_${t}"
+    if grep -qs '"finished": true' "$wd/summary.json"; then
+      echo "skip $wd (finished)"
+      continue
+    fi
+    # shellcheck disable=SC2086  # SUB_ARGS is a list of flags
+    timed "sub_${attack}_${t}" $PY -m clipjax.main \
+      --config "configs/hotclip_submodel.py:attack=$attack,prompt=$t,init=$BASE" \
+      --config.total_steps="$FT_STEPS" --config.checkpoint.every_steps="$FT_STEPS" \
+      --config.eval.every_steps="$FT_STEPS" --config.seed="$t" --workdir "$wd" $SUB_ARGS
   done
 done
-$PY -m clipjax.main --config "configs/hotclip_fuse.py:root=$ROOT,attacks=$ATTACKS,prompts=$PROMPTS" \
-  --config.base="${ROOT}_base" --workdir "${ROOT}_fused"
+# shellcheck disable=SC2086  # FUSE_ARGS is a list of flags
+timed fuse $PY -m clipjax.main \
+  --config "configs/hotclip_fuse.py:root=$ROOT,attacks=$ATTACKS,prompts=$PROMPTS$FUSE_CFG" \
+  --config.base="$BASE" --workdir "${ROOT}_fused" $FUSE_ARGS

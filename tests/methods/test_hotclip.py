@@ -149,6 +149,39 @@ def test_fare_is_zero_at_init_with_zero_eps_and_positive_under_attack(tiny, batc
   assert float(value) > 1e-6
 
 
+def test_submodel_config_takes_the_base_sizes_before_tokenising(tmp_path):
+  base = tmp_path / "base"
+  (base / "checkpoints").mkdir(parents=True)
+  cfg = json.loads(_config("hotclip_submodel", "smoke").to_json_best_effort())
+  cfg["data"].update(context_length=16, image_size=40)
+  cfg["model"]["overrides"] = {"vision": {"layers": 3}}
+  (base / "config.json").write_text(json.dumps(cfg))
+  config = _config("hotclip_submodel", f"attack=fgsm,prompt=2,init={base}")
+  assert config.model.init_checkpoint == str(base)
+  assert (config.data.context_length, config.data.image_size) == (16, 40)
+  assert config.model.overrides.vision.layers == 3
+  ids = np.asarray(config.method.kwargs.class_ids)
+  assert ids.shape == (5, 16)  # 5 shapes of the synthetic world, the base's context length
+  tok = Tokenizer(None, context_length=16)
+  np.testing.assert_array_equal(ids[0], tok(["one circle in the picture."])[0])
+
+
+def test_fuse_config_arguments_select_fusions_and_attacks():
+  config = _config("hotclip_fuse", "root=/r,attacks=fgsm+mim,prompts=2,fusions=average+ensemble")
+  assert config.workdirs == [["/r_fgsm_0", "/r_fgsm_1"], ["/r_mim_0", "/r_mim_1"]]
+  assert list(config.fusions) == ["average", "ensemble"]
+  assert config.evaluate_submodels
+  full = [(a["name"], round(a["eps"] * 255, 6), a["steps"]) for a in config.eval.attacks]
+  assert full == [("pgd", 2, 10), ("pgd", 4, 10), ("apgd-ce", 2, 10), ("apgd-ce", 4, 10)]
+  light = _config("hotclip_fuse", "fusions=,submodels=False,eval_attacks=light")
+  assert list(light.fusions) == [] and not light.evaluate_submodels
+  assert [a["label"] for a in light.eval.attacks] == ["pgd@2/255"]
+  with pytest.raises(ValueError, match="'avg'"):
+    _config("hotclip_fuse", "fusions=avg")
+  with pytest.raises(ValueError, match="eval_attacks='all'"):
+    _config("hotclip_fuse", "eval_attacks=all")
+
+
 def test_submodel_smoke_trains_only_the_visual_tower(tmp_path):
   config = _config("hotclip_submodel", "smoke,attack=mim,prompt=1")
   assert config.data.train_labels == ["shape"]
