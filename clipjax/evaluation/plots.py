@@ -419,6 +419,9 @@ def plot_training_curves(
 ) -> str:
   """Training loss (left) and evaluation metrics (right) vs step.
 
+  When every evaluation metric was logged at one step only (e.g. a final evaluation), the right
+  panel shows them as horizontal bars instead.
+
   Args:
     events: `read_metrics_jsonl(...)` events; train events carry `loss`, eval events
       (`kind == "eval"`) the evaluation metrics.
@@ -438,7 +441,7 @@ def plot_training_curves(
       raise ValueError(f"eval_keys {missing} are in no eval event")
   if not train and not eval_keys:
     raise ValueError("no training loss and no evaluation metric in the events")
-  fig = _figure(10.0 if train and eval_keys else 6.0, 4.0)
+  fig = _figure(12.0 if train and eval_keys else 7.0, 4.0)
   panels = int(bool(train)) + int(bool(eval_keys))
   if train:
     ax = fig.add_subplot(1, panels, 1)
@@ -449,14 +452,25 @@ def plot_training_curves(
     ax.grid(alpha=0.3)
   if eval_keys:
     ax = fig.add_subplot(1, panels, panels)
-    for k in eval_keys:
-      steps, vals = _series(evals, k)
-      ax.plot(steps, vals, marker="o", label=k)
-    ax.set_xlabel("step")
-    ax.set_ylabel("evaluation metric")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    series = {k: _series(evals, k) for k in eval_keys}
+    if all(np.unique(steps).size <= 1 for steps, _ in series.values()):
+      # One evaluation (e.g. only the final one): a bar per metric reads better than dots.
+      step = next((int(st[0]) for st, _ in series.values() if st.size), 0)
+      values = [float(v[-1]) if v.size else float("nan") for _, v in series.values()]
+      ax.barh(range(len(eval_keys)), values, color="tab:blue")
+      ax.set_yticks(range(len(eval_keys)), list(eval_keys), fontsize=6)
+      ax.invert_yaxis()
+      ax.set_xlim(0, 1)
+      ax.set_xlabel(f"evaluation metric at step {step}")
+      ax.grid(alpha=0.3, axis="x")
+    else:
+      for k, (steps, vals) in series.items():
+        ax.plot(steps, vals, marker="o", label=k)
+      ax.set_xlabel("step")
+      ax.set_ylabel("evaluation metric")
+      ax.set_ylim(-0.02, 1.02)
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.suptitle(title)
   return _save(fig, path)
 

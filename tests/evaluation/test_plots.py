@@ -160,8 +160,8 @@ def test_embedding_pca(tmp_path, captured):
 
 def _workdir(tmp_path):
   events = [{"step": s, "kind": "train", "loss": 3.0 / s} for s in (10, 20, 30)]
-  events.append({"step": 30, "kind": "eval", "s/zeroshot/shape/acc1": 0.6,
-                 "s/zeroshot/shape/acc1/chance": 0.2})  # fmt: skip
+  events += [{"step": s, "kind": "eval", "s/zeroshot/shape/acc1": s / 50,
+              "s/zeroshot/shape/acc1/chance": 0.2} for s in (20, 30)]  # fmt: skip
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.write("".join(json.dumps(e) + "\n" for e in events))
   curves = {"s/selective/shape/msp": {"coverage": [0.5, 1.0], "risk": [0.2, 0.4]}}
@@ -175,12 +175,17 @@ def test_training_curves_and_plot_workdir(tmp_path, captured):
   written = plots.plot_workdir(tmp_path)
   names = sorted(p.split("/")[-1] for p in written)
   assert names == ["risk_coverage_s.png", "robustness_s_shape.png", "training_curves.png"]
-  _read_png(tmp_path / "training_curves.png", (10, 4))
+  _read_png(tmp_path / "training_curves.png", (12, 4))
   loss_ax, eval_ax = captured[0].axes
   np.testing.assert_allclose(
     loss_ax.get_lines()[0].get_xydata(), [[10, 0.3], [20, 0.15], [30, 0.1]]
   )
-  assert [ln.get_label() for ln in eval_ax.get_lines()] == ["s/zeroshot/shape/acc1"]
+  (line,) = eval_ax.get_lines()
+  assert line.get_label() == "s/zeroshot/shape/acc1"
+  np.testing.assert_allclose(line.get_xydata(), [[20, 0.4], [30, 0.6]])
+  # A single evaluation step: one bar per metric, at the logged value.
+  plots.plot_training_curves(events[:3] + events[4:], tmp_path / "one.png")
+  assert [b.get_width() for b in captured[-1].axes[1].patches] == [0.6]
   with pytest.raises(ValueError, match=r"eval_keys \['nope'\] are in no eval event"):
     plots.plot_training_curves(events, tmp_path / "bad.png", eval_keys=["nope"])
   (tmp_path / "broken.jsonl").write_text('{"step": 1}\nnot json\n')
