@@ -167,6 +167,38 @@ def _ms(values, scale: float = 100.0, digits: int = 1) -> str:
   return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
+def _diff(d, sign: int) -> str:
+  """'mean ± std [wins/n]' of paired differences; a win is `sign * d > 0`."""
+  wins = sum(sign * x > 0 for x in d)
+  return f"{_ms(d)} [{wins}/{len(d)}]"
+
+
+def _times(root: str) -> list[str]:
+  """Training time per loss from ROOT/times.tsv (loss, seed, steps, wall, user, sys, load)."""
+  path = os.path.join(root, "times.tsv")
+  if not os.path.exists(path):
+    return []
+  per: dict[str, list[tuple[float, float, float]]] = {}
+  with open(path) as f:
+    for line in f:
+      loss, _, _, wall, user, sys_s, load = line.rstrip("\n").split("\t")
+      cpu = float(user) + float(sys_s)
+      per.setdefault(loss, []).append((float(wall), cpu, float(load.split()[0])))
+  lines = [
+    "\n### Whole training runs (300 steps + compile + final eval): seconds per run\n",
+    "| training loss | runs | wall s | CPU s (user+sys) | 1-min load at the end |",
+    "|---|---|---|---|---|",
+  ]
+  for loss in LOSS_ORDER:
+    if loss in per:
+      v = np.asarray(per[loss])
+      lines.append(
+        f"| {loss} | {len(v)} | {_ms(v[:, 0], 1.0, 0)} | {_ms(v[:, 1], 1.0, 0)} "
+        f"| {v[:, 2].min():.1f}–{v[:, 2].max():.1f} |"
+      )
+  return lines
+
+
 def table(root: str) -> str:
   """Markdown tables (mean ± std over seeds) of every ROOT/<loss>_s<seed> workdir."""
   rows = {}
@@ -194,14 +226,33 @@ def table(root: str) -> str:
       f"| {_ms([s[ret.format('text')] for s in summ])} |"
     )
   lines += [
-    "\n### FGW − argmax (pt), per seed then mean ± std\n",
-    "| training loss | colour+shape | position | α1α2 picked (colour+shape; position) |",
-    "|---|---|---|---|",
+    "\n### Paired differences on the same checkpoint (pt): mean ± std over seeds, [wins/seeds]\n",
+    "Inference rule minus its baseline; for risk, negative = the OT rule is better.\n",
+    "| training loss | label set | FGW − argmax | α1α2 picked | prior Sinkhorn − argmax (LT) "
+    "| prior Sinkhorn − logit adj. (LT) | partial OT − MSP risk@50% "
+    "| partial OT − MSP risk@80% |",
+    "|---|---|---|---|---|---|---|---|",
   ]
+  pairs = (
+    ("fgw", "argmax", 1),
+    ("lt_prior_sinkhorn", "lt_argmax", 1),
+    ("lt_prior_sinkhorn", "lt_logit_adjust", 1),
+    ("sel_pot_risk@0.5", "sel_msp_risk@0.5", -1),
+    ("sel_pot_risk@0.8", "sel_msp_risk@0.8", -1),
+  )
+  pooled = {ls: [[] for _ in pairs] for ls in LABEL_SETS}
   for loss, (inf, _, _) in rows.items():
-    d = {ls: [r[ls]["fgw"] - r[ls]["argmax"] for r in inf] for ls in LABEL_SETS}
-    aa = "; ".join(",".join(f"{r[ls]['fgw_aa']:g}" for r in inf) for ls in LABEL_SETS)
-    lines.append(f"| {loss} | {_ms(d['colour+shape'])} | {_ms(d['position'])} | {aa} |")
+    for ls in LABEL_SETS:
+      cells = []
+      for j, (a, b, sign) in enumerate(pairs):
+        d = [r[ls][a] - r[ls][b] for r in inf]
+        pooled[ls][j] += d
+        cells.append(_diff(d, sign))
+      aa = ",".join(f"{r[ls]['fgw_aa']:g}" for r in inf)
+      lines.append(f"| {loss} | {ls} | {cells[0]} | {aa} | " + " | ".join(cells[1:]) + " |")
+  for ls in LABEL_SETS:
+    cells = [_diff(d, sign) for d, (_, _, sign) in zip(pooled[ls], pairs, strict=True)]
+    lines.append(f"| all runs | {ls} | {cells[0]} | | " + " | ".join(cells[1:]) + " |")
   lines += [
     "\n### Long-tailed zero-shot (imbalance 10, known prior): top-1 (%) and mean per-class "
     "recall (MPCR, %)\n",
@@ -231,11 +282,15 @@ def table(root: str) -> str:
       cols = ("sel_msp_risk@1", "sel_msp_risk@0.5", "sel_pot_risk@0.5", "sel_msp_risk@0.8")
       cols += ("sel_pot_risk@0.8",)
       lines.append(f"| {loss} | {ls} | " + " | ".join(_ms([v[k] for v in x]) for k in cols) + " |")
-  return "\n".join(lines)
+  return "\n".join(lines + _times(root))
 
 
-def bench(batch: int, reps: int = 20) -> dict[str, float]:
-  """Median ms of a jitted value_and_grad of each loss w.r.t. [batch, 64] embeddings and 1/ε."""
+def bench(batch: int, reps: int = 20) -> dict[str, dict[str, float]]:
+  """Times a jitted value_and_grad of each loss w.r.t. [batch, 64] embeddings and 1/ε.
+
+  Returns:
+    {loss: {"wall_ms": median wall ms per call, "cpu_ms": process CPU ms per call}}.
+  """
   k1, k2 = jax.random.split(jax.random.key(0))
   zi = jax.random.normal(k1, (batch, 64))
   zi = zi / jnp.linalg.norm(zi, axis=1, keepdims=True)
@@ -251,12 +306,13 @@ def bench(batch: int, reps: int = 20) -> dict[str, float]:
     g = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
     scale = jnp.float32(15.0)
     jax.block_until_ready(g(zi, zt, scale))
-    ts = []
+    ts, c0 = [], time.process_time()
     for _ in range(reps):
       t0 = time.perf_counter()
       jax.block_until_ready(g(zi, zt, scale))
       ts.append(time.perf_counter() - t0)
-    out[name] = float(np.median(ts) * 1e3)
+    cpu_ms = (time.process_time() - c0) / reps * 1e3
+    out[name] = {"wall_ms": float(np.median(ts) * 1e3), "cpu_ms": cpu_ms}
   return out
 
 
