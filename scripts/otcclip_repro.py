@@ -13,7 +13,8 @@ code recorded) into ``OUT/<name>/`` and is then scored from its workdir with the
 * clean zero-shot accuracy and retrieval: the trainer's final evaluation (`summary.json`);
 * linear probe (`--probe`): logistic regression on frozen image features of clean training
   images, tested on the clean test split (`clipjax.evaluation.linear_probe`);
-* speed: median logged steps/s, wall seconds of the training subprocess.
+* cost: CPU seconds (user + system) and wall seconds of the training subprocess, median logged
+  steps/s (wall clock: depends on the machine's load).
 
 Runs are sequential; a run whose ``score.json`` exists is skipped, and a trained but unscored one
 is only scored (so a driver can be resumed).
@@ -35,6 +36,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,7 +62,11 @@ def _merge_args(base: str, extra: str) -> str:
 
 
 def train(out: pathlib.Path, name: str, args: str, timeout_s: int) -> dict:
-  """Trains one run into ``out/name`` (CLI subprocess); returns its arguments, rc and wall s."""
+  """Trains one run into ``out/name`` (CLI subprocess).
+
+  Returns its config argument, exit code, wall seconds and CPU seconds (user + system, all
+  threads: the cost measure that does not depend on how loaded the shared machine is).
+  """
   wd = out / name
   cmd = [
     sys.executable,
@@ -73,7 +79,7 @@ def train(out: pathlib.Path, name: str, args: str, timeout_s: int) -> dict:
   ]
   env = dict(os.environ)
   env.setdefault("JAX_COMPILATION_CACHE_DIR", str(out / "jax_cache"))  # seeds share programs
-  t0 = time.time()
+  t0, r0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
   with open(out / f"{name}.log", "w") as log:
     log.write(" ".join(cmd) + "\n")
     log.flush()
@@ -83,7 +89,14 @@ def train(out: pathlib.Path, name: str, args: str, timeout_s: int) -> dict:
       ).returncode
     except subprocess.TimeoutExpired:
       rc = 124
-  return {"config_arg": cmd[4], "rc": rc, "wall_s": round(time.time() - t0, 1)}
+  r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu_s = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+  return {
+    "config_arg": cmd[4],
+    "rc": rc,
+    "wall_s": round(time.time() - t0, 1),
+    "cpu_s": round(cpu_s, 1),
+  }
 
 
 def _encode_images(model, images_nhwc: np.ndarray) -> np.ndarray:
@@ -207,10 +220,13 @@ def _cmd_train(a: argparse.Namespace) -> None:
     print(json.dumps(res), flush=True)
 
 
-def _fmt(vals: list[float]) -> str:
+def _fmt(vals: list[float], digits: int = 3) -> str:
   if len(vals) == 1:
-    return f"{vals[0]:.3f}"
-  return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
+    return f"{vals[0]:.{digits}f}"
+  return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+
+
+DIGITS = {"steps_per_s_median": 2, "wall_s": 0, "cpu_s": 0}
 
 
 def _cmd_table(a: argparse.Namespace) -> None:
@@ -228,17 +244,24 @@ def _cmd_table(a: argparse.Namespace) -> None:
     "probe_colour+shape",
     "steps_per_s_median",
     "wall_s",
+    "cpu_s",
   ]
   print("| run | " + " | ".join(cols) + " |")
   print("|---" * (len(cols) + 1) + "|")
   groups: dict[str, list[dict]] = {}
   for s in scores:
-    print(f"| {s['name']} | " + " | ".join(_fmt([s[c]]) if c in s else "" for c in cols) + " |")
+    print(
+      f"| {s['name']} | "
+      + " | ".join(_fmt([s[c]], DIGITS.get(c, 3)) if c in s else "" for c in cols)
+      + " |"
+    )
     groups.setdefault(re.sub(r"_s\d+$", "", s["name"]), []).append(s)
   print("\n| group (n) | " + " | ".join(cols) + " |")
   print("|---" * (len(cols) + 1) + "|")
   for g, ss in groups.items():
-    cells = [_fmt([s[c] for s in ss]) if all(c in s for s in ss) else "" for c in cols]
+    cells = [
+      _fmt([s[c] for s in ss], DIGITS.get(c, 3)) if all(c in s for s in ss) else "" for c in cols
+    ]
     print(f"| {g} ({len(ss)}) | " + " | ".join(cells) + " |")
 
 
