@@ -4,6 +4,8 @@ Commands:
   python -m clipjax.main --config configs/quickstart.py --workdir /tmp/cola_base \
     --config.total_steps=300
   python -m clipjax.main --config configs/cola.py:ckpt=/tmp/cola_base --workdir /tmp/cola_eval
+  python -m clipjax.main --config configs/cola.py:ckpt=/tmp/cola_base,attacks=square,queries=300 \
+    --workdir /tmp/cola_square  # black-box gradient-masking check only
   python -m clipjax.main --config configs/cola.py:smoke --workdir /tmp/cola_smoke  # seconds
 
 `ckpt` is a clipjax workdir (its checkpoints/) or an OpenAI/open_clip/HF checkpoint; the model
@@ -18,7 +20,18 @@ from clipjax import config_lib
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, ckpt="", n=200, label_set="shape")
+  arg = config_lib.parse_arg(
+    arg,
+    smoke=False,
+    ckpt="",
+    n=200,
+    label_set="shape",
+    attacks="all",  # "pgd", "square" or "all"
+    eps="1+4",  # radii in 1/255 units, "+"-separated
+    eot=4,
+    queries=300,
+    adaptive="cola+cola_no_proj+cola_uniform+views_mean",
+  )
   train = config_lib.train_config()
   c = mlc.ConfigDict()
   c.task = "cola_eval"
@@ -64,12 +77,34 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     "cola_uniform": {"marginals": "uniform"},
     "views_mean": {"use_ot": False, "projection": False},
   }
-  c.attacks = [
-    {"name": "pgd", "eps": 1 / 255, "step_size": 1 / 255, "steps": 10, "label": "pgd_eps1"},
-    {"name": "pgd", "eps": 4 / 255, "step_size": 1 / 255, "steps": 10, "label": "pgd_eps4"},
+  radii = [int(e) for e in str(arg.eps).split("+") if e]
+  pgd = [
+    {"name": "pgd", "eps": eps / 255, "step_size": 1 / 255, "steps": 10, "label": f"pgd_eps{eps}"}
+    for eps in radii
   ]
-  c.eot_draws = 4  # view draws averaged per gradient in the adaptive attack
-  c.adaptive_variants = ["cola", "cola_no_proj", "cola_uniform", "views_mean"]
+  # Black-box Square (gradient-masking check): margin loss, AutoAttack's p_init, a small query
+  # budget (CPU); each query of a randomised defence sees one fresh view draw.
+  square = [
+    {
+      "name": "square",
+      "eps": eps / 255,
+      "n_queries": arg.queries,
+      "p_init": 0.8,
+      "loss": "margin",
+      "eot_draws": 1,
+      "label": f"square_eps{eps}",
+    }
+    for eps in radii
+  ]
+  if arg.attacks not in ("pgd", "square", "all"):
+    raise ValueError(f"attacks must be 'pgd', 'square' or 'all', got {arg.attacks!r}")
+  # Square first: the gradient-masking check is the part a short run must not miss.
+  c.attacks = {"pgd": pgd, "square": square, "all": square + pgd}[arg.attacks]
+  c.eot_draws = arg.eot  # view draws averaged per gradient in the adaptive attack
+  c.adaptive_variants = [v for v in arg.adaptive.split("+") if v]
+  unknown = sorted(set(c.adaptive_variants) - set(c.cola.variants))
+  if unknown:
+    raise ValueError(f"adaptive variants {unknown} not in cola.variants {sorted(c.cola.variants)}")
 
   if arg.smoke:
     smoke = config_lib.apply_smoke(config_lib.train_config())
@@ -80,8 +115,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.eval.batch_size = 4
     c.cola.base["num_views"] = 2
     c.cola.base["num_iters"] = 3
-    c.cola.variants = {"cola": {}, "views_mean": {"use_ot": False, "projection": False}}
-    c.attacks = [{"name": "pgd", "eps": 4 / 255, "step_size": 4 / 255, "steps": 1}]
+    c.cola.variants = {"cola": {}}
+    c.attacks = [
+      {"name": "pgd", "eps": 4 / 255, "step_size": 4 / 255, "steps": 1},
+      {"name": "square", "eps": 4 / 255, "n_queries": 2, "p_init": 0.8, "loss": "margin"},
+    ]
     c.eot_draws = 1
     c.adaptive_variants = ["cola"]
   return c

@@ -11,12 +11,19 @@ see ``configs/cola.py``):
 3. evaluates the plain zero-shot classifier (``base``) and every COLA variant in
    ``config.cola.variants`` (``ColaConfig`` overrides of ``config.cola.base``):
 
-   * clean accuracy (one deterministic view draw from ``config.seed``);
+   * clean accuracy (one deterministic view draw from ``config.seed``); robust accuracy
+     counts an example only if it is also correct on that clean draw, so only clean-correct
+     examples are attacked (padded to constant batch shapes);
    * ``transfer`` (the paper's non-adaptive protocol): adversarial examples of each attack in
      ``config.attacks`` computed on ``base``, then classified by every classifier;
    * ``adaptive``: each attack run end-to-end through the variant (gradients through the
      views, projection, entropy weights and Sinkhorn; EOT over ``config.eot_draws`` view draws
-     per gradient), the random views used for the prediction being a fresh draw.
+     per gradient, or per query for the black-box Square attack), the random views used for
+     the prediction being a fresh draw;
+   * ``worst_case`` per threat model (ε, norm): an example is robust only if it survives every
+     attack of that ε under both protocols;
+   * ``masking_check``: black-box (Square) minus white-box robust accuracy per classifier; a
+     clearly negative gap is evidence of gradient masking.
 
 4. measures COLA's overhead beyond the N image-encoder passes, and writes ``results.json`` and
    ``results.md`` (a markdown table) to ``workdir``.
@@ -43,7 +50,10 @@ from clipjax.evaluation.robustness import robust_accuracy
 from clipjax.evaluation.zeroshot import build_classifier, encode_texts
 from clipjax.methods import cola
 
-__all__ = ["load_examples", "run", "text_side"]
+__all__ = ["BLACK_BOX", "load_examples", "run", "text_side"]
+
+BLACK_BOX = ("square",)
+"""Attacks that only query the classifier (no gradients): the gradient-masking check."""
 
 
 def load_examples(
@@ -92,6 +102,20 @@ def text_side(
 def _batches(x, y, batch_size):
   for start in range(0, x.shape[0], batch_size):
     yield {"image": x[start : start + batch_size], "label": y[start : start + batch_size]}
+
+
+def _subset_batches(x, y, idx, batch_size):
+  """Batches of ``x[idx]`` padded to ``batch_size`` (first row repeated) with a ``valid`` mask.
+
+  Constant batch shapes: one compilation per attack and classifier.
+  """
+  out = []
+  for start in range(0, len(idx), batch_size):
+    sel = idx[start : start + batch_size]
+    valid = np.arange(batch_size) < len(sel)
+    sel = np.concatenate([sel, np.full(batch_size - len(sel), sel[0])])
+    out.append({"image": x[sel], "label": y[sel], "valid": valid})
+  return out
 
 
 def _timed(fn, *args, repeats=3):
@@ -171,6 +195,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ]
     return np.concatenate(correct)
 
+  n_all = int(x_all.shape[0])
   batches = [(b["image"], b["label"]) for b in _batches(x_all, y_all, bs)]
   keys = [jax.random.fold_in(key, i) for i in range(len(batches))]
   results: dict[str, Any] = {
@@ -184,6 +209,8 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   }
   t0 = time.perf_counter()
   clean_correct = {}
+  robust_ex: dict[str, dict[str, np.ndarray]] = {}  # attack label -> classifier -> [n] bool
+  threat: dict[str, tuple[float, str, bool]] = {}  # attack label -> (eps, norm, black-box)
   for name in classifiers:
     clean_correct[name] = accuracy(name, batches, keys)
     results["clean"][name] = float(np.mean(clean_correct[name]))
@@ -193,45 +220,64 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
     label = spec.pop("label", None) or spec["name"]
     # Non-adaptive: attack the undefended zero-shot classifier, classify its examples.
-    attack, _ = build_attack(spec, base_fn)
+    attack, full = build_attack(spec, base_fn)
+    threat[label] = (float(full["eps"]), full["norm"], full["name"] in BLACK_BOX)
     attack = jax.jit(attack)
+    # Only examples some classifier gets right clean can count as robust: attack those only.
+    idx_any = np.flatnonzero(np.logical_or.reduce(list(clean_correct.values())))
+    sub = _subset_batches(x_all, y_all, idx_any, bs)
     adv = []
-    for i, (xb, yb) in enumerate(batches):
-      adv.append((np.asarray(attack(xb, yb, jax.random.fold_in(keys[i], 1))), yb))
+    for i, b in enumerate(sub):
+      k_att = jax.random.fold_in(jax.random.fold_in(key, 1), i)
+      adv.append((np.asarray(attack(b["image"], b["label"], k_att)), b["label"]))
+    valid = np.concatenate([b["valid"] for b in sub]) if sub else np.zeros(0, bool)
+    k_eval = [jax.random.fold_in(jax.random.fold_in(key, 2), i) for i in range(len(sub))]
     row = {}
+    ok = robust_ex.setdefault(label, {})
     for name in classifiers:
-      k_eval = [jax.random.fold_in(k, 2) for k in keys]
-      row[name] = float(np.mean(clean_correct[name] & accuracy(name, adv, k_eval)))
+      survived = np.zeros(n_all, bool)
+      if sub:
+        survived[idx_any] = accuracy(name, adv, k_eval)[valid]
+      ok[name] = clean_correct[name] & survived
+      row[name] = float(np.mean(ok[name]))
     results["transfer"][label] = row
     print(f"transfer {label}: {row}", flush=True)
-    # Adaptive: the attack through each classifier (EOT for the randomised ones).
+    # Adaptive: the attack through each classifier (EOT for the randomised ones; a spec's own
+    # eot_draws overrides config.eot_draws).
     row = {"base": row["base"]}
     for name, fn in classifiers.items():
       if name == "base" or name not in config.adaptive_variants:
         continue
-      aspec = dict(spec, eot_draws=config.eot_draws)
-      out = robust_accuracy(
-        fn,
-        _batches(x_all, y_all, bs),
-        [aspec],
-        key=jax.random.fold_in(key, 3),
-      )
-      row[name] = out["robust_acc"]
-      print(f"adaptive {label} {name}: {out['robust_acc']:.3f} ({out['seconds']:.0f}s)", flush=True)
+      aspec = {"eot_draws": config.eot_draws, **spec, "label": label}
+      idx = np.flatnonzero(clean_correct[name])
+      survived = np.zeros(n_all, bool)
+      seconds = 0.0
+      if idx.size:
+        out = robust_accuracy(
+          fn, _subset_batches(x_all, y_all, idx, bs), [aspec], key=jax.random.fold_in(key, 3)
+        )
+        survived[idx] = ~out["per_example"]["success"][label]
+        seconds = out["seconds"]
+      adaptive_ok = clean_correct[name] & survived
+      row[name] = float(np.mean(adaptive_ok))
+      ok[name] = ok[name] & adaptive_ok
+      print(f"adaptive {label} {name}: {row[name]:.3f} ({seconds:.0f}s)", flush=True)
     results["adaptive"][label] = row
   results["attack_seconds"] = time.perf_counter() - t0
+  results["worst_case"], results["masking_check"] = _worst_case(results, robust_ex, threat)
 
-  # Overhead beyond the N image-encoder passes (first variant that uses OT).
+  # Overhead of each variant's prediction beyond its N image-encoder passes (the predictors
+  # are already compiled for this batch shape; one encoder compilation per N).
   x_b = jnp.asarray(batches[0][0])
+  enc = jax.jit(encode_image)
   timing = {}
   for name, vcfg in variants.items():
     n_views = vcfg.num_views
-    enc = jax.jit(lambda v: encode_image(v))
     views = jnp.asarray(
       np.repeat(np.asarray(x_b)[:, None], n_views, axis=1).reshape((-1,) + x_b.shape[1:])
     )
     t_enc = _timed(enc, views)
-    t_full = _timed(jax.jit(classifiers[name].fn), x_b, keys[0])
+    t_full = _timed(predictors[name], x_b, keys[0])
     timing[name] = {"encoder_s": t_enc, "cola_s": t_full, "overhead": t_full / t_enc - 1.0}
   results["timing"] = timing
   (wdir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
@@ -240,13 +286,57 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   return results
 
 
+def _threat_name(eps: float, norm: str) -> str:
+  return f"{norm} eps={eps * 255:.3g}/255"
+
+
+def _worst_case(results, robust_ex, threat):
+  """Per threat model (ε, norm): per-example worst case over every attack and protocol, and
+  the gradient-masking check (black-box minus best white-box robust accuracy).
+
+  An example counts as robust only if it is correct clean and under every transfer and
+  adaptive attack of that threat model. The masking check compares, per classifier, the
+  lowest robust accuracy of the black-box attacks with that of the gradient attacks (adaptive
+  ones for the defences; for ``base`` transfer and adaptive coincide): a clearly negative gap
+  (black-box stronger) is evidence of gradient masking.
+  """
+  worst, masking = {}, {}
+  for group in sorted({t[:2] for t in threat.values()}):
+    labels = [lb for lb, t in threat.items() if t[:2] == group]
+    gname = _threat_name(*group)
+    names = set.intersection(*(set(robust_ex[lb]) for lb in labels))
+    worst[gname] = {
+      name: float(np.mean(np.logical_and.reduce([robust_ex[lb][name] for lb in labels])))
+      for name in sorted(names)
+    }
+    black = [lb for lb in labels if threat[lb][2]]
+    white = [lb for lb in labels if not threat[lb][2]]
+    if not black or not white:
+      continue
+    check = {}
+    for name in sorted(names):
+
+      def acc(lbs, name=name):
+        vals = [results["adaptive"][lb].get(name) for lb in lbs]
+        vals = [v for v in vals if v is not None]
+        return min(vals) if vals else None
+
+      bb, wb = acc(black), acc(white)
+      if bb is not None and wb is not None:
+        check[name] = {"black_box": bb, "white_box": wb, "gap": bb - wb}
+    masking[gname] = check
+  return worst, masking
+
+
 def format_results(results: dict[str, Any]) -> str:
   """Markdown table: clean, transfer and adaptive robust accuracy per classifier."""
   names = list(results["clean"])
   attacks = list(results["transfer"])
   head = ["classifier", "clean"]
+  worst = results.get("worst_case", {})
   for a in attacks:
     head += [f"{a} transfer", f"{a} adaptive"]
+  head += [f"worst case {g}" for g in worst]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name in names:
     cells = [name, f"{results['clean'][name]:.3f}"]
@@ -254,9 +344,17 @@ def format_results(results: dict[str, Any]) -> str:
       cells.append(f"{results['transfer'][a][name]:.3f}")
       ad = results["adaptive"][a].get(name)
       cells.append("—" if ad is None else f"{ad:.3f}")
+    for g in worst.values():
+      cells.append(f"{g[name]:.3f}" if name in g else "—")
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
   lines.append(f"n = {results['n']}, label set {results['label_set']!r}")
+  for g, check in results.get("masking_check", {}).items():
+    for name, c in check.items():
+      lines.append(
+        f"- masking check {g} {name}: black-box {c['black_box']:.3f} vs white-box "
+        f"{c['white_box']:.3f} (gap {c['gap']:+.3f})"
+      )
   for name, t in results.get("timing", {}).items():
     lines.append(
       f"- {name}: N encoder passes {t['encoder_s'] * 1e3:.1f} ms, full COLA "
