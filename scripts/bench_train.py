@@ -67,6 +67,17 @@ LOSSES = {
     dict(loss="uot", temperature="logit_scale", epsilon=0.01, num_iters=5, grad="unroll",
          direction="both", ot_weight=1.0, infonce_weight=1.0, rho_a=1.0, rho_b=1.0),
   ),
+  "otclip-fgw": (
+    "otclip",
+    dict(loss="fgw", temperature="logit_scale", epsilon=0.01, num_iters=5, grad="unroll",
+         direction="both", ot_weight=1.0, infonce_weight=1.0, alpha=0.1, outer_iters=3),
+  ),
+  "otclip-ufgw": (
+    "otclip",
+    dict(loss="ufgw", temperature="logit_scale", epsilon=0.01, num_iters=5, grad="unroll",
+         direction="both", ot_weight=1.0, infonce_weight=1.0, alpha=0.1, outer_iters=3,
+         rho_a=1.0, rho_b=1.0),
+  ),
 }  # fmt: skip
 
 
@@ -82,14 +93,19 @@ def _time_steps(compiled, state, data, steps):
   return statistics.median(times)
 
 
-def train_step_bench(variant, batch, image, loss_names, steps):
+def train_step_bench(
+  variant, batch, image, loss_names, steps, context_length=None, overrides=None, label=None
+):
   import clipjax.model as model_lib
   from clipjax import methods
   from clipjax.train import optim
   from clipjax.train.state import TrainState
   from clipjax.train.step import train_step
 
-  overrides = {"vision.image_size": image, "logit_bias_init": -10.0}  # SigLIP needs the bias
+  overrides = dict(overrides or {})
+  overrides.update({"vision.image_size": image, "logit_bias_init": -10.0})  # SigLIP needs a bias
+  if context_length:
+    overrides["text.context_length"] = context_length
   model = model_lib.create(variant, jax.random.key(0), **overrides)
   ocfg = mlc.ConfigDict(
     dict(lr=1e-4, end_lr_frac=0.0, warmup_frac=0.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
@@ -99,7 +115,7 @@ def train_step_bench(variant, batch, image, loss_names, steps):
   rng = np.random.default_rng(0)
   ctx = model.config.text.context_length
   ids = rng.integers(1, 1000, size=(batch, ctx)).astype(np.int32)
-  ids[:, 0], ids[:, 10] = 49406, 49407
+  ids[:, 0], ids[:, ctx // 2] = 49406, 49407
   data = {
     "image": jnp.asarray(rng.random((batch, image, image, 3), np.float32)),
     "ids": jnp.asarray(ids),
@@ -108,9 +124,15 @@ def train_step_bench(variant, batch, image, loss_names, steps):
   for name in loss_names:
     mname, kw = LOSSES[name]
     method = methods.get(mname, **kw)
-    state = TrainState(jnp.int32(0), model.params, tx.init(model.params), {}, jax.random.PRNGKey(0))
+    params = jax.tree.map(jnp.copy, model.params)  # donated below; model.params stays intact
+    state = TrainState(jnp.int32(0), params, tx.init(params), {}, jax.random.PRNGKey(0))
+    # The state is donated, as in the trainer: one copy of parameters and optimizer state lives
+    # at a time (ViT-B/32 with AdamW is 1.8 GB of float32 state).
     fn = jax.jit(
-      lambda s, b, m=method: train_step(s, b, model=model, method=m, tx=tx, schedule=lambda _: 1e-4)
+      lambda s, b, m=method: train_step(
+        s, b, model=model, method=m, tx=tx, schedule=lambda _: 1e-4
+      ),
+      donate_argnums=0,
     )
     t0 = time.perf_counter()
     compiled = fn.lower(state, data).compile()
@@ -119,9 +141,10 @@ def train_step_bench(variant, batch, image, loss_names, steps):
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", float("nan")))
     step_s = _time_steps(compiled, state, data, steps)
+    del compiled, state
     rows.append(
       dict(
-        variant=variant,
+        variant=label or variant,
         loss=name,
         batch=batch,
         image=image,
@@ -131,6 +154,7 @@ def train_step_bench(variant, batch, image, loss_names, steps):
         flops_per_step=flops,
       )
     )
+    print(json.dumps(rows[-1]), flush=True)
   base = next(r["step_s"] for r in rows if r["loss"] == "infonce")
   for r in rows:
     r["ot_overhead"] = r["step_s"] / base
@@ -138,7 +162,7 @@ def train_step_bench(variant, batch, image, loss_names, steps):
 
 
 _SCALING_CHILD = r"""
-import json, sys, time, statistics
+import json, os, sys, time, statistics
 import jax
 jax.config.update("jax_num_cpu_devices", 8)
 import jax.numpy as jnp, numpy as np
@@ -156,13 +180,25 @@ for devices in (1, 8):
     z /= np.linalg.norm(z, axis=-1, keepdims=True)
     a, b = jax.device_put(z[0], sh), jax.device_put(z[1], sh)
     c = g.lower(a, b).compile()
-    jax.block_until_ready(c(a, b))
-    ts = []
-    for _ in range(repeats):
-      t0 = time.perf_counter(); jax.block_until_ready(c(a, b)); ts.append(time.perf_counter() - t0)
     mem = c.memory_analysis()
-    out.append(dict(devices=devices, n=n, seconds=statistics.median(ts),
-                    temp_bytes_per_device=int(mem.temp_size_in_bytes)))
+    row = dict(devices=devices, n=n, temp_bytes_per_device=int(mem.temp_size_in_bytes))
+    # The fake devices share this host's memory: run only what fits in half of what is free.
+    per_device = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+    need = devices * per_device
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > 0.5 * free:
+      gib = f"needs {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+      row.update(seconds=None, note="compiled only: " + gib)
+    else:
+      jax.block_until_ready(c(a, b))
+      ts = []
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(c(a, b))
+        ts.append(time.perf_counter() - t0)
+      row.update(seconds=statistics.median(ts))
+    out.append(row)
+    print(json.dumps(row), file=sys.stderr, flush=True)
 print(json.dumps(out))
 """
 
@@ -170,7 +206,7 @@ print(json.dumps(out))
 def ot_scaling(sizes, repeats):
   proc = subprocess.run(
     [sys.executable, "-c", _SCALING_CHILD, json.dumps(sizes), str(repeats)],
-    capture_output=True, text=True, check=True,
+    stdout=subprocess.PIPE, text=True, check=True,
   )  # fmt: skip
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -182,7 +218,7 @@ def pipeline_bench(batches):
 
   src = registry.build_source({"name": "synthetic", "split": "train", "seed": 0}, 48)
   it = make_train_iterator(
-    src, batch_size=128, image_size=48, tokenize=Tokenizer(context_length=32), seed=0
+    src, batch_size=128, image_size=48, tokenize=Tokenizer(context_length=16), seed=0
   )
   next(it)
   t0, c0 = time.perf_counter(), time.process_time()
@@ -197,6 +233,11 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke test)")
   p.add_argument("--out", default="docs/benchmarks")
+  p.add_argument(
+    "--resume",
+    action="store_true",
+    help="reuse the sections saved in OUT/train.partial.json by an interrupted run",
+  )
   args = p.parse_args()
   steps = 2 if args.quick else 5
   res = {
@@ -208,25 +249,79 @@ def main():
       "load_avg_start": os.getloadavg(),
     }
   }
-  res["matmul_flops_per_s"] = matmul_flops(512 if args.quick else 2048, steps)
-  tiny_losses = ["infonce", "otclip-entropic"] if args.quick else list(LOSSES)
-  rows = train_step_bench("tiny", 16 if args.quick else 128, 32, tiny_losses, steps)
-  if not args.quick:
+  os.makedirs(args.out, exist_ok=True)
+  partial = os.path.join(args.out, "train.partial.json")
+  if args.resume and os.path.exists(partial):
+    with open(partial) as f:
+      saved = json.load(f)
+    res.update({k: v for k, v in saved.items() if k != "machine"})
+    res["machine"]["resumed_from"] = saved["machine"]
+  res.setdefault("matmul_flops_per_s", matmul_flops(512 if args.quick else 2048, steps))
+  small_losses = ["infonce", "otclip-entropic"] if args.quick else list(LOSSES)
+
+  def checkpoint():  # a crash (e.g. out of memory) keeps the sections measured so far
+    with open(partial, "w") as f:
+      json.dump(res, f, indent=2)
+
+  print(f"dense matmul: {res['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+  rows = res.setdefault("train_step", [])
+  if not any(r["variant"] == "quickstart" for r in rows):
+    # The quickstart's model and shapes (configs/quickstart.py: 48 px, 16 tokens, batch 128);
+    # its steps are short, so more of them are timed.
+    from clipjax import config_lib, runs
+
+    qs = config_lib.train_config().model
+    qs_overrides = runs.flatten_overrides(qs.overrides.to_dict())
+    rows += train_step_bench(
+      qs.name,
+      16 if args.quick else 128,
+      48,
+      small_losses,
+      steps * 4,
+      16,
+      qs_overrides,
+      "quickstart",
+    )
+    checkpoint()
+  if not args.quick and not any(r["variant"] == "ViT-B/32" for r in rows):
     rows += train_step_bench("ViT-B/32", 32, 224, list(LOSSES), steps)
   for r in rows:
     r["mfu"] = r["flops_per_step"] / r["step_s"] / res["matmul_flops_per_s"]
-  res["train_step"] = rows
-  sizes = [64, 128] if args.quick else [256, 1024, 4096, 8192]
-  res["ot_scaling"] = ot_scaling(sizes, steps)
-  res["pipeline"] = pipeline_bench(2 if args.quick else 20)
+  checkpoint()
+  if "ot_scaling" not in res:
+    sizes = [64, 128] if args.quick else [256, 1024, 4096, 8192]
+    res["ot_scaling"] = ot_scaling(sizes, steps)
+    checkpoint()
+  if "pipeline" not in res:
+    res["pipeline"] = pipeline_bench(2 if args.quick else 20)
   res["machine"]["load_avg_end"] = os.getloadavg()
-  os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "train.json"), "w") as f:
     json.dump(res, f, indent=2)
+  os.remove(partial)
   text = report(res, "python scripts/bench_train.py" + (" --quick" if args.quick else ""))
   with open(os.path.join(args.out, "train.md"), "w") as f:
     f.write(text)
   print(text)
+
+
+def _describe_machine(m):
+  """One line per invocation (an interrupted run resumed with --resume has several)."""
+  runs = []
+  while m:
+    runs.append(m)
+    m = m.get("resumed_from")
+  first = runs[0]
+  load = "; ".join(
+    "load average (1/5/15 min) at start {} / end {}".format(
+      "/".join(f"{v:.1f}" for v in r["load_avg_start"]),
+      "/".join(f"{v:.1f}" for v in r.get("load_avg_end") or ()) or "(interrupted)",
+    )
+    for r in reversed(runs)
+  )
+  return (
+    f"{first['platform']}, {first['cpus']} CPUs, devices {first['devices']}, jax {first['jax']}; "
+    f"{len(runs)} invocation(s): {load}"
+  )
 
 
 def report(res, command):
@@ -236,7 +331,7 @@ def report(res, command):
     "",
     f"Command: `{command}`",
     "",
-    f"Machine: {res['machine']}",
+    "Machine: " + _describe_machine(res["machine"]),
     "",
     f"Dense float32 matmul: {res['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s",
     "",
@@ -254,21 +349,22 @@ def report(res, command):
     "",
     "OT-CLIP entropic loss (value and gradient, K = 5, both directions) vs global batch N:",
     "",
-    "| devices | N | seconds | temp MiB per device |",
-    "|---|---|---|---|",
+    "| devices | N | seconds | temp MiB per device | note |",
+    "|---|---|---|---|---|",
   ]
   for r in res["ot_scaling"]:
+    secs = "—" if r["seconds"] is None else f"{r['seconds']:.4f}"
     lines.append(
-      f"| {r['devices']} | {r['n']} | {r['seconds']:.4f} |"
-      f" {r['temp_bytes_per_device'] / 2**20:.1f} |"
+      f"| {r['devices']} | {r['n']} | {secs} | {r['temp_bytes_per_device'] / 2**20:.1f} |"
+      f" {r.get('note', '')} |"
     )
   pl = res["pipeline"]
-  tiny = next(r for r in res["train_step"] if r["variant"] == "tiny" and r["loss"] == "infonce")
+  qs = next(r for r in res["train_step"] if r["variant"] == "quickstart" and r["loss"] == "infonce")
   lines += [
     "",
-    f"Data pipeline (synthetic 48 px, batch 128, tokenize): {pl['examples_per_s_wall']:.0f}"
-    f" examples/s wall, {pl['examples_per_cpu_s']:.0f} per CPU-second; the tiny InfoNCE step"
-    f" consumes {tiny['examples_per_s']:.0f} examples/s.",
+    f"Data pipeline (synthetic 48 px, batch 128, 16 tokens): {pl['examples_per_s_wall']:.0f}"
+    f" examples/s wall, {pl['examples_per_cpu_s']:.0f} per CPU-second; the quickstart InfoNCE"
+    f" step consumes {qs['examples_per_s']:.0f} examples/s.",
   ]
   return "\n".join(lines) + "\n"
 
