@@ -118,7 +118,15 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.cola.variants = {"cola": {}}
     c.attacks = [
       {"name": "pgd", "eps": 4 / 255, "step_size": 4 / 255, "steps": 1},
-      {"name": "square", "eps": 4 / 255, "n_queries": 2, "p_init": 0.8, "loss": "margin"},
+      # Transfer-only here (Square through a randomised classifier: tests/attacks).
+      {
+        "name": "square",
+        "eps": 4 / 255,
+        "n_queries": 2,
+        "p_init": 0.8,
+        "loss": "margin",
+        "adaptive": False,
+      },
     ]
     c.eot_draws = 1
     c.adaptive_variants = ["cola"]
