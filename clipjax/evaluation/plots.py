@@ -330,7 +330,7 @@ def plot_transport_plan(
   for labels, size, what in ((row_labels, n, "row"), (col_labels, m, "col")):
     if labels is not None and len(labels) != size:
       raise ValueError(f"{what}_labels has {len(labels)} entries, plan_nm has {size} {what}s")
-  fig = _figure(min(10.0, 2.5 + 0.35 * m), min(10.0, 1.5 + 0.3 * n))
+  fig = _figure(min(10.0, max(5.0, 2.5 + 0.35 * m)), min(10.0, max(3.0, 1.5 + 0.3 * n)))
   ax = fig.add_subplot()
   im = ax.imshow(plan_nm, aspect="auto", cmap="viridis", interpolation="nearest")
   fig.colorbar(im, ax=ax, label="mass")
@@ -338,7 +338,7 @@ def plot_transport_plan(
     ax.set_xticks(range(m), [str(c) for c in col_labels], rotation=60, ha="right", fontsize=7)
   if row_labels is not None:
     ax.set_yticks(range(n), [str(r) for r in row_labels], fontsize=7)
-  ax.set_title(title)
+  ax.set_title(title, fontsize=9)
   return _save(fig, path)
 
 

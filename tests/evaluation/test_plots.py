@@ -139,7 +139,7 @@ def test_similarity_histograms_and_transport_plan(tmp_path, captured):
   plan = np.outer(np.arange(1, 5), np.arange(1, 4)) / 60.0
   path = plots.plot_transport_plan(plan, tmp_path / "p.png", col_labels=["a", "b", "c"])
   np.testing.assert_allclose(captured[1].axes[0].get_images()[0].get_array(), plan)
-  assert _read_png(path, (min(10.0, 2.5 + 0.35 * 3), min(10.0, 1.5 + 0.3 * 4))) is not None
+  _read_png(path, (5.0, 3.0))
   with pytest.raises(ValueError, match="col_labels has 2 entries, plan_nm has 3 cols"):
     plots.plot_transport_plan(plan, tmp_path / "bad.png", col_labels=["a", "b"])
   with pytest.raises(ValueError, match="non-negative"):
