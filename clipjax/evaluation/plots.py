@@ -41,6 +41,7 @@ __all__ = [
   "read_metrics_jsonl",
   "risk_coverage_curve",
   "robustness_curves",
+  "safe_filename",
 ]
 
 _DPI = 100
@@ -475,7 +476,7 @@ def plot_training_curves(
   return _save(fig, path)
 
 
-def _safe(name: str) -> str:
+def safe_filename(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_") or "x"
 
 
@@ -517,7 +518,7 @@ def plot_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     written.append(
       plot_robustness(
         lines,
-        os.path.join(out_dir, f"robustness_{_safe(ds)}_{_safe(ls)}.png"),
+        os.path.join(out_dir, f"robustness_{safe_filename(ds)}_{safe_filename(ls)}.png"),
         title=f"{ds}: zero-shot {ls} under attack",
         chance=chance,
       )
@@ -532,7 +533,7 @@ def plot_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     written.append(
       plot_risk_coverage(
         lines,
-        os.path.join(out_dir, f"risk_coverage_{_safe(ds)}.png"),
+        os.path.join(out_dir, f"risk_coverage_{safe_filename(ds)}.png"),
         title=f"{ds}: selective zero-shot classification",
       )
     )

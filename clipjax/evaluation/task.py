@@ -627,7 +627,7 @@ def _write_figures(wdir: epath.Path, extras: dict[str, Any]) -> list[str]:
   first = next(iter(embeddings), None)
   if first is not None:
     zimg_nd, ztxt_nd, ids_nl = (embeddings[first][k] for k in ("zimg_nd", "ztxt_nd", "ids_nl"))
-    safe = plots._safe(first)
+    safe = plots.safe_filename(first)
     written.append(
       plots.plot_embedding_pca(
         zimg_nd, ztxt_nd, os.fspath(wdir / f"pca_{safe}.png"),
