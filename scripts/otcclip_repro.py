@@ -233,6 +233,7 @@ def _cmd_table(a: argparse.Namespace) -> None:
   scores = []
   for d in a.dirs:
     scores += [json.loads(p.read_text()) for p in sorted(pathlib.Path(d).glob("*/score.json"))]
+  scores = sorted((s for s in scores if s["name"].startswith(a.prefix)), key=lambda s: s["name"])
   cols = [
     "asr",
     "asr_no_trigger",
@@ -242,10 +243,17 @@ def _cmd_table(a: argparse.Namespace) -> None:
     "zs_colour",
     "i2t_R@1",
     "probe_colour+shape",
+    "poison_keep",
+    "clean_to_poison",
     "steps_per_s_median",
     "wall_s",
     "cpu_s",
   ]
+  if a.cols:
+    unknown = sorted(set(a.cols.split(",")) - set(cols))
+    if unknown:
+      raise SystemExit(f"--cols: unknown columns {unknown}; known: {cols}")
+    cols = a.cols.split(",")
   print("| run | " + " | ".join(cols) + " |")
   print("|---" * (len(cols) + 1) + "|")
   groups: dict[str, list[dict]] = {}
@@ -279,6 +287,8 @@ def main() -> None:
   s.add_argument("--name", help="also write score.json into the workdir under this run name")
   tb = sub.add_parser("table", help="markdown table of score.json files, mean ± std per group")
   tb.add_argument("dirs", nargs="+")
+  tb.add_argument("--cols", help="comma-separated subset of the columns")
+  tb.add_argument("--prefix", default="", help="only runs whose name starts with this")
   a = p.parse_args()
   if a.cmd == "train":
     _cmd_train(a)
