@@ -5,10 +5,12 @@ One config, one trainer. `variant` picks what runs from `model.init_checkpoint` 
            (masked-OT re-alignment, Eq. 8-12; prompts frozen).
   v3 / v4  the paper's Table 5 ablations: only false-negative / only false-positive unlearning.
   clip     continued plain CLIP fine-tuning on the same data for the same number of steps.
-  ga       gradient ascent (-L_CLIP on the forget set, label-smoothed L_CLIP on the rest; Table 4).
+  ga       gradient ascent (-L_CLIP on the forget set, label-smoothed L_CLIP on the rest; Table 4);
+           with ascent_weight=0 it only drops the forget set (a filtering baseline).
   pretrain the reference model: a tiny CLIP trained from scratch on the noisy synthetic world.
 
-Commands (small-scale reproduction, docs/results/ncu.md):
+Commands (the small-scale reproduction of docs/results/ncu.md is driven by scripts/ncu_repro.py,
+which runs these with hn_steps=20,ul_steps=80 and tabulates the seeds):
   python -m clipjax.main --config configs/ncu.py:variant=pretrain --workdir /tmp/ncu_pre
   python -m clipjax.main --config configs/ncu.py:init=/tmp/ncu_pre --workdir /tmp/ncu_s0
   python -m clipjax.main --config configs/ncu.py:variant=ga,init=/tmp/ncu_pre --workdir /tmp/ga_s0
@@ -55,6 +57,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     batch=128,
     forget_fraction=0.4,
     prompt_scale=1.0,  # prompts' learning-rate multiplier (see ncu_hn)
+    ascent_weight=1.0,  # ga: weight of -L_CLIP on the forget set (0: drop the forget set)
     lr=2e-4,
     code_defaults=False,
   )
@@ -97,7 +100,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
           "forget_fraction": arg.forget_fraction,
           "confidence": shared["confidence"],
           "label_smoothing": 0.1,
-          "ascent_weight": 1.0,
+          "ascent_weight": arg.ascent_weight,
         },
       }
     else:

@@ -32,7 +32,9 @@ SCHEDULE = "hn_steps=20,ul_steps=80"
 # row name -> config arguments (besides seed, init and SCHEDULE).
 ROWS = {
   "clip": "variant=clip",
+  "clip_clean": "variant=clip,noise=0.0",
   "ga": "variant=ga",
+  "filter": "variant=ga,ascent_weight=0.0",
   "ncu": "variant=ncu",
   "ncu50": "variant=ncu,prompt_scale=50.0",
   "v3": "variant=v3",
@@ -43,7 +45,9 @@ ROWS = {
 ROW_TITLES = {
   "reference": "reference (pre-trained, 300 steps)",
   "clip": "plain CLIP fine-tuning (`clip`)",
+  "clip_clean": "plain CLIP fine-tuning on clean data (`clip`, `noise=0.0`; oracle)",
   "ga": "gradient ascent (`ga`)",
+  "filter": "drop the forget set (`ga`, `ascent_weight=0`)",
   "ncu": "NCU (`ncu`, paper defaults)",
   "ncu50": "NCU, `prompt_scale=50`",
   "v3": "V3: false negatives only (`v3`)",
