@@ -7,6 +7,8 @@ Commands:
   python -m clipjax.main --config configs/cola.py:ckpt=/tmp/cola_base,attacks=square,queries=300 \
     --workdir /tmp/cola_square  # black-box gradient-masking check only
   python -m clipjax.main --config configs/cola.py:smoke --workdir /tmp/cola_smoke  # seconds
+  # digits: a model from configs/quickstart.py:world=digits
+  python -m clipjax.main --config configs/cola.py:ckpt=/tmp/qs_digits,world=digits --workdir DIR
 
 `ckpt` is a clipjax workdir (its checkpoints/) or an OpenAI/open_clip/HF checkpoint; the model
 section must match the checkpoint (here: the quickstart tiny CLIP). Results: workdir/results.md
@@ -25,7 +27,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     smoke=False,
     ckpt="",
     n=200,
-    label_set="shape",
+    world="synthetic",  # or "digits" (label set "digit", 10 classes)
+    label_set="",  # "": "shape" for synthetic, "digit" for digits
     attacks="all",  # "pgd", "square" or "all"
     eps="1+4",  # radii in 1/255 units, "+"-separated
     eot=4,
@@ -44,8 +47,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.data.context_length = train.data.context_length
 
   c.eval = mlc.ConfigDict()
-  c.eval.dataset = {"name": "synthetic", "split": "test", "seed": 0}
-  c.eval.label_set = arg.label_set  # "shape": 5 classes, 3 templates each
+  if arg.world not in ("synthetic", "digits"):
+    raise ValueError(f"world must be 'synthetic' or 'digits', got {arg.world!r}")
+  c.eval.dataset = {"name": arg.world, "split": "test", "seed": 0}
+  # "shape": 5 classes; "digit": 10 classes; 3 templates each
+  c.eval.label_set = arg.label_set or {"synthetic": "shape", "digits": "digit"}[arg.world]
   c.eval.max_examples = arg.n
   c.eval.batch_size = 50
 

@@ -27,6 +27,12 @@ see ``configs/cola.py``):
 
 4. measures COLA's overhead beyond the N image-encoder passes, and writes ``results.json`` and
    ``results.md`` (a markdown table) to ``workdir``.
+
+Adaptive attacks through COLA take minutes per (variant, attack) on a CPU. After each transfer
+attack and each adaptive (attack, variant) the results so far, per example, are saved to
+``workdir/results.partial.json``; rerunning the same config in the same workdir resumes from it
+(a different config there is an error naming the file). It is removed once ``results.json`` is
+written.
 """
 
 from __future__ import annotations
@@ -128,6 +134,41 @@ def _check_ball(x_adv, x, spec, what):
     )
 
 
+class _Progress:
+  """Per-step results of an unfinished run (``results.partial.json``), so a rerun resumes."""
+
+  def __init__(self, wdir: epath.Path, config_json: str):
+    self.path = wdir / "results.partial.json"
+    self.state = {"config": json.loads(config_json), "steps": {}}
+    if self.path.exists():
+      prev = json.loads(self.path.read_text())
+      if prev.get("config") != self.state["config"]:
+        raise ValueError(
+          f"{self.path} holds the progress of a run with a different config: use another "
+          "workdir, or delete that file to start over"
+        )
+      self.state = prev
+      print(f"resuming from {self.path}: {len(prev['steps'])} attack steps done", flush=True)
+
+  def get(self, step: str) -> dict[str, Any] | None:
+    return self.state["steps"].get(step)
+
+  def put(self, step: str, value: dict[str, Any]) -> None:
+    self.state["steps"][step] = value
+    tmp = self.path.parent / (self.path.name + ".tmp")
+    tmp.write_text(json.dumps(self.state))
+    tmp.replace(self.path)
+
+  def finish(self) -> None:
+    self.path.unlink(missing_ok=True)
+
+
+def _mask(indices: list[int], n: int) -> np.ndarray:
+  out = np.zeros(n, bool)
+  out[np.asarray(indices, np.int64)] = True
+  return out
+
+
 def _timed(fn, *args, repeats=3):
   jax.block_until_ready(fn(*args))
   times = []
@@ -142,7 +183,9 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates COLA per ``config`` (see module docstring); returns the results dict."""
   wdir = epath.Path(workdir)
   wdir.mkdir(parents=True, exist_ok=True)
-  (wdir / "config.json").write_text(config.to_json_best_effort(sort_keys=True, indent=2))
+  config_json = config.to_json_best_effort(sort_keys=True, indent=2)
+  progress = _Progress(wdir, config_json)
+  (wdir / "config.json").write_text(config_json)
   model = runs.build_model(
     config.model.to_dict(),
     config.data.image_size,
@@ -216,6 +259,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     "clean": {},
     "transfer": {},
     "adaptive": {},
+    "adaptive_seconds": {},
   }
   t0 = time.perf_counter()
   clean_correct = {}
@@ -233,54 +277,69 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Non-adaptive: attack the undefended zero-shot classifier, classify its examples.
     attack, full = build_attack(spec, base_fn)
     threat[label] = (float(full["eps"]), full["norm"], full["name"] in BLACK_BOX)
-    attack = jax.jit(attack)
-    # Only examples some classifier gets right clean can count as robust: attack those only.
-    idx_any = np.flatnonzero(np.logical_or.reduce(list(clean_correct.values())))
-    sub = _subset_batches(x_all, y_all, idx_any, bs)
-    adv = []
-    for i, b in enumerate(sub):
-      k_att = jax.random.fold_in(jax.random.fold_in(key, 1), i)
-      adv.append((np.asarray(attack(b["image"], b["label"], k_att)), b["label"]))
-    valid = np.concatenate([b["valid"] for b in sub]) if sub else np.zeros(0, bool)
-    k_eval = [jax.random.fold_in(jax.random.fold_in(key, 2), i) for i in range(len(sub))]
-    row = {}
     ok = robust_ex.setdefault(label, {})
+    done = progress.get(f"{label}/transfer")
+    if done is None:
+      done = {"row": {}, "ok": {}}
+      attack = jax.jit(attack)
+      # Only examples some classifier gets right clean can count as robust: attack those only.
+      idx_any = np.flatnonzero(np.logical_or.reduce(list(clean_correct.values())))
+      sub = _subset_batches(x_all, y_all, idx_any, bs)
+      adv = []
+      for i, b in enumerate(sub):
+        k_att = jax.random.fold_in(jax.random.fold_in(key, 1), i)
+        adv.append((np.asarray(attack(b["image"], b["label"], k_att)), b["label"]))
+      valid = np.concatenate([b["valid"] for b in sub]) if sub else np.zeros(0, bool)
+      k_eval = [jax.random.fold_in(jax.random.fold_in(key, 2), i) for i in range(len(sub))]
+      for name in classifiers:
+        survived = np.zeros(n_all, bool)
+        if sub:
+          survived[idx_any] = accuracy(name, adv, k_eval)[valid]
+        robust = clean_correct[name] & survived
+        done["row"][name] = float(np.mean(robust))
+        done["ok"][name] = np.flatnonzero(robust).tolist()
+      progress.put(f"{label}/transfer", done)
     for name in classifiers:
-      survived = np.zeros(n_all, bool)
-      if sub:
-        survived[idx_any] = accuracy(name, adv, k_eval)[valid]
-      ok[name] = clean_correct[name] & survived
-      row[name] = float(np.mean(ok[name]))
-    results["transfer"][label] = row
+      ok[name] = _mask(done["ok"][name], n_all)
+    results["transfer"][label] = row = done["row"]
     print(f"transfer {label}: {row}", flush=True)
     # Adaptive: the attack through each classifier (EOT for the randomised ones; a spec's own
     # eot_draws overrides config.eot_draws; a spec with "adaptive": False is transfer-only).
     row = {"base": row["base"]}
+    seconds_row = results["adaptive_seconds"].setdefault(label, {})
     for name, fn in classifiers.items():
       if name == "base" or name not in config.adaptive_variants or not run_adaptive:
         continue
-      aspec = {"eot_draws": config.eot_draws, **spec}
-      idx = np.flatnonzero(clean_correct[name])
-      survived = np.zeros(n_all, bool)
-      start = time.perf_counter()
-      if idx.size:
-        attack_fn, afull = build_attack(aspec, fn)
-        attack_fn = jax.jit(attack_fn)
-        k_adapt = jax.random.fold_in(key, 3)
-        sub = _subset_batches(x_all, y_all, idx, bs)
-        adv = []
-        for i, b in enumerate(sub):
-          x_adv = np.asarray(attack_fn(b["image"], b["label"], jax.random.fold_in(k_adapt, i)))
-          _check_ball(x_adv, b["image"], afull, f"{label}/{name}")
-          adv.append((x_adv, b["label"]))
-        valid = np.concatenate([b["valid"] for b in sub])
-        k_pred = [jax.random.fold_in(jax.random.fold_in(k_adapt, i), 1) for i in range(len(sub))]
-        survived[idx] = accuracy(name, adv, k_pred)[valid]
-      seconds = time.perf_counter() - start
-      adaptive_ok = clean_correct[name] & survived
-      row[name] = float(np.mean(adaptive_ok))
-      ok[name] = ok[name] & adaptive_ok
-      print(f"adaptive {label} {name}: {row[name]:.3f} ({seconds:.0f}s)", flush=True)
+      done = progress.get(f"{label}/adaptive/{name}")
+      if done is None:
+        aspec = {"eot_draws": config.eot_draws, **spec}
+        idx = np.flatnonzero(clean_correct[name])
+        survived = np.zeros(n_all, bool)
+        start = time.perf_counter()
+        if idx.size:
+          attack_fn, afull = build_attack(aspec, fn)
+          attack_fn = jax.jit(attack_fn)
+          k_adapt = jax.random.fold_in(key, 3)
+          sub = _subset_batches(x_all, y_all, idx, bs)
+          adv = []
+          for i, b in enumerate(sub):
+            x_adv = np.asarray(attack_fn(b["image"], b["label"], jax.random.fold_in(k_adapt, i)))
+            _check_ball(x_adv, b["image"], afull, f"{label}/{name}")
+            adv.append((x_adv, b["label"]))
+          valid = np.concatenate([b["valid"] for b in sub])
+          k_pred = [jax.random.fold_in(jax.random.fold_in(k_adapt, i), 1) for i in range(len(sub))]
+          survived[idx] = accuracy(name, adv, k_pred)[valid]
+        adaptive_ok = clean_correct[name] & survived
+        done = {
+          "acc": float(np.mean(adaptive_ok)),
+          "ok": np.flatnonzero(adaptive_ok).tolist(),
+          "seconds": time.perf_counter() - start,
+        }
+        progress.put(f"{label}/adaptive/{name}", done)
+      row[name] = done["acc"]
+      seconds_row[name] = done["seconds"]
+      ok[name] = ok[name] & _mask(done["ok"], n_all)
+      print(f"adaptive {label} {name}: {row[name]:.3f} ({done['seconds']:.0f}s)", flush=True)
     results["adaptive"][label] = row
   results["attack_seconds"] = time.perf_counter() - t0
   results["worst_case"], results["masking_check"] = _worst_case(results, robust_ex, threat)
@@ -301,6 +360,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   results["timing"] = timing
   (wdir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
   (wdir / "results.md").write_text(format_results(results))
+  progress.finish()
   print(format_results(results), flush=True)
   return results
 

@@ -178,19 +178,24 @@ def test_bad_inputs_are_named(tmp_path):
     cola.build_text(np.ones((2, 2, 4)), np.array([[True, False], [False, False]]), 4)
 
 
-def test_config_smoke_runs_in_process(tmp_path):
+def _smoke_config():
   import importlib.util
   import pathlib
-
-  from clipjax.evaluation import cola_task
 
   path = pathlib.Path(__file__).parents[2] / "configs" / "cola.py"
   spec = importlib.util.spec_from_file_location("cola_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config("smoke")
+  return module.get_config("smoke")
+
+
+def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
+  from clipjax.attacks import Stochastic
+  from clipjax.evaluation import cola_task
+
+  config = _smoke_config()
   assert config.task == "cola_eval"
-  out = cola_task.run(config, str(tmp_path))
+  out = cola_task.run(config, str(tmp_path / "fresh"))
   assert out["n"] == 4 and set(out["clean"]) == {"base", "cola"}
   assert set(out["adaptive"]["pgd"]) == {"base", "cola"}
   assert set(out["adaptive"]["square"]) == {"base"}  # transfer-only spec
@@ -208,4 +213,46 @@ def test_config_smoke_runs_in_process(tmp_path):
     "white_box": out["transfer"]["pgd"]["base"],
     "gap": out["transfer"]["square"]["base"] - out["transfer"]["pgd"]["base"],
   }
-  assert (tmp_path / "results.md").read_text().startswith("| classifier")
+  assert (tmp_path / "fresh" / "results.md").read_text().startswith("| classifier")
+
+  # An interrupted run resumes from results.partial.json and matches the fresh run.
+  real_build = cola_task.build_attack
+  calls = []
+
+  def dies_on_adaptive(spec, fn):
+    if isinstance(fn, Stochastic):
+      raise KeyboardInterrupt  # stands in for a kill during the first adaptive attack
+    return counted(spec, fn)
+
+  def counted(spec, fn):
+    attack, full = real_build(spec, fn)
+
+    def wrapped(*args):
+      calls.append((spec["name"], isinstance(fn, Stochastic)))
+      return attack(*args)
+
+    return wrapped, full
+
+  wdir = tmp_path / "resumed"
+  monkeypatch.setattr(cola_task, "build_attack", dies_on_adaptive)
+  with pytest.raises(KeyboardInterrupt):
+    cola_task.run(config, str(wdir))
+  partial = json.loads((wdir / "results.partial.json").read_text())
+  assert list(partial["steps"]) == ["pgd/transfer"]
+  assert not (wdir / "results.json").exists()
+
+  # A different config in that workdir is refused, naming the progress file.
+  other = _smoke_config()
+  other.seed = 1
+  with pytest.raises(ValueError, match="results.partial.json"):
+    cola_task.run(other, str(wdir))
+
+  calls.clear()
+  monkeypatch.setattr(cola_task, "build_attack", counted)
+  resumed = cola_task.run(config, str(wdir))
+  # The transfer PGD on the base classifier was not recomputed; everything after it was.
+  assert ("pgd", False) not in calls
+  assert ("pgd", True) in calls and ("square", False) in calls
+  assert not (wdir / "results.partial.json").exists()
+  for key in ("clean", "transfer", "adaptive", "worst_case", "masking_check"):
+    assert resumed[key] == out[key], key
