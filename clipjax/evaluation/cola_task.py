@@ -4,7 +4,8 @@
 see ``configs/cola.py``):
 
 1. builds the model as the trainer does (``config.model``, ``config.data.image_size`` /
-   ``context_length``; ``config.model.init_checkpoint`` = a clipjax workdir or a checkpoint file);
+   ``context_length``; ``config.model.init_checkpoint`` = a clipjax workdir or a checkpoint file;
+   a clipjax workdir brings its own model, image size and context length from its config.json);
 2. reads the first ``config.eval.max_examples`` examples of ``config.eval.dataset`` and the label
    set ``config.eval.label_set`` (its class names and templates; optional descriptions from
    ``config.cola.descriptions_path``);
@@ -193,12 +194,14 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     jax.random.key(config.seed),
   )
   params = model.params
+  image_size = model.config.vision.image_size
+  context_length = model.config.text.context_length
   ev = config.eval
   x_all, y_all, lset = load_examples(
-    ev.dataset.to_dict(), ev.label_set, config.data.image_size, ev.max_examples
+    ev.dataset.to_dict(), ev.label_set, image_size, ev.max_examples
   )
   tok = Tokenizer.default()
-  tokenize = lambda texts: tok(texts, context_length=config.data.context_length)
+  tokenize = lambda texts: tok(texts, context_length=context_length)
   encode_text = jax.jit(lambda ids: model.encode_text(params, ids).emb)
   encode_image = lambda px: model.encode_image(params, px).emb
 

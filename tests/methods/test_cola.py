@@ -190,11 +190,21 @@ def _smoke_config():
 
 
 def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
+  from clipjax import config_lib, runs
   from clipjax.attacks import Stochastic
   from clipjax.evaluation import cola_task
+  from clipjax.fusion.task import save_params_workdir
 
   config = _smoke_config()
   assert config.task == "cola_eval"
+  # A clipjax workdir brings its own context length (16 here, 32 in the COLA config).
+  train = config_lib.apply_smoke(config_lib.train_config())
+  train.data.context_length = 16
+  assert config.data.context_length != 16
+  model = runs.build_model(train.model.to_dict(), train.data.image_size, 16, jax.random.key(0))
+  config.model.init_checkpoint = save_params_workdir(
+    model.params, train.to_dict(), str(tmp_path / "ckpt")
+  )
   out = cola_task.run(config, str(tmp_path / "fresh"))
   assert out["n"] == 4 and set(out["clean"]) == {"base", "cola"}
   assert set(out["adaptive"]["pgd"]) == {"base", "cola"}
