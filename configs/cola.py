@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     attacks="all",  # "pgd", "square" or "all"
     eps="1+4",  # radii in 1/255 units, "+"-separated
     eot=4,
+    pgd_steps=10,  # PGD iterations (step 1/255, random start)
     queries=300,
     adaptive="cola+cola_no_proj+cola_uniform+views_mean",
   )
@@ -86,7 +87,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   }
   radii = [int(e) for e in str(arg.eps).split("+") if e]
   pgd = [
-    {"name": "pgd", "eps": eps / 255, "step_size": 1 / 255, "steps": 10, "label": f"pgd_eps{eps}"}
+    {
+      "name": "pgd",
+      "eps": eps / 255,
+      "step_size": 1 / 255,
+      "steps": arg.pgd_steps,
+      "label": f"pgd_eps{eps}",
+    }
     for eps in radii
   ]
   # Black-box Square (gradient-masking check): margin loss, AutoAttack's p_init, a small query
