@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     eps="1+4",  # radii in 1/255 units, "+"-separated
     eot=4,
     pgd_steps=10,  # PGD iterations (step 1/255, random start)
-    queries=300,
+    queries=200,
     adaptive="cola+cola_no_proj+cola_uniform+views_mean",
   )
   train = config_lib.train_config()
