@@ -26,8 +26,10 @@ see ``configs/cola.py``):
    * ``masking_check``: black-box (Square) minus white-box robust accuracy per classifier; a
      clearly negative gap is evidence of gradient masking.
 
-4. measures COLA's overhead beyond the N image-encoder passes, and writes ``results.json`` and
-   ``results.md`` (a markdown table) to ``workdir``.
+4. measures COLA's overhead beyond the N image-encoder passes, and writes ``results.json`` (with
+   ``robust_examples``: per step ``"<attack>/transfer"`` → classifier → indices, and
+   ``"<attack>/adaptive/<variant>"`` → indices, of the examples left correct) and ``results.md``
+   (a markdown table) to ``workdir``.
 
 Adaptive attacks through COLA take minutes per (variant, attack) on a CPU. After each transfer
 attack and each adaptive (attack, variant) the results so far, per example, are saved to
@@ -345,6 +347,8 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
       print(f"adaptive {label} {name}: {row[name]:.3f} ({done['seconds']:.0f}s)", flush=True)
     results["adaptive"][label] = row
   results["attack_seconds"] = time.perf_counter() - t0
+  # Indices of the examples each step left correct (paired comparisons, cross-run worst cases).
+  results["robust_examples"] = {step: v["ok"] for step, v in progress.state["steps"].items()}
   results["worst_case"], results["masking_check"] = _worst_case(results, robust_ex, threat)
 
   # Overhead of each variant's prediction beyond its N image-encoder passes (the predictors

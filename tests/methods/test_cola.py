@@ -224,6 +224,11 @@ def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
     "gap": out["transfer"]["square"]["base"] - out["transfer"]["pgd"]["base"],
   }
   assert (tmp_path / "fresh" / "results.md").read_text().startswith("| classifier")
+  for name, indices in out["robust_examples"]["pgd/transfer"].items():
+    assert len(indices) == round(out["transfer"]["pgd"][name] * out["n"])
+  assert len(out["robust_examples"]["pgd/adaptive/cola"]) == round(
+    out["adaptive"]["pgd"]["cola"] * out["n"]
+  )
 
   # An interrupted run resumes from results.partial.json and matches the fresh run.
   real_build, real_put = cola_task.build_attack, cola_task._Progress.put
@@ -264,5 +269,5 @@ def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
   assert ("pgd", False) not in calls
   assert ("square", False) in calls
   assert not (wdir / "results.partial.json").exists()
-  for key in ("clean", "transfer", "adaptive", "worst_case", "masking_check"):
+  for key in ("clean", "transfer", "adaptive", "worst_case", "masking_check", "robust_examples"):
     assert resumed[key] == out[key], key
