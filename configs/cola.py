@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.data = mlc.ConfigDict()
   c.data.image_size = train.data.image_size
   c.data.context_length = train.data.context_length
+  c.data.tokenizer = ""  # BPE merges file; "": the checkpoint workdir's, else OpenAI's (shipped)
 
   c.eval = mlc.ConfigDict()
   if arg.world not in ("synthetic", "digits"):

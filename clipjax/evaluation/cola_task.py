@@ -5,7 +5,8 @@ see ``configs/cola.py``):
 
 1. builds the model as the trainer does (``config.model``, ``config.data.image_size`` /
    ``context_length``; ``config.model.init_checkpoint`` = a clipjax workdir or a checkpoint file;
-   a clipjax workdir brings its own model, image size and context length from its config.json);
+   a clipjax workdir brings its own model, image size, context length and, unless
+   ``config.data.tokenizer`` is set, tokenizer from its config.json);
 2. reads the first ``config.eval.max_examples`` examples of ``config.eval.dataset`` and the label
    set ``config.eval.label_set`` (its class names and templates; optional descriptions from
    ``config.cola.descriptions_path``);
@@ -58,7 +59,7 @@ from clipjax.data.tokenizer import Tokenizer
 from clipjax.evaluation.zeroshot import build_classifier, encode_texts
 from clipjax.methods import cola
 
-__all__ = ["BLACK_BOX", "load_examples", "run", "text_side"]
+__all__ = ["BLACK_BOX", "load_examples", "merges_path", "run", "text_side"]
 
 BLACK_BOX = ("square",)
 """Attacks that only query the classifier (no gradients): the gradient-masking check."""
@@ -137,6 +138,15 @@ def _check_ball(x_adv, x, spec, what):
     )
 
 
+def merges_path(config: mlc.ConfigDict) -> str | None:
+  """``config.data.tokenizer``, else the checkpoint workdir's, else None (OpenAI's, shipped)."""
+  path = config.data.get("tokenizer") or ""
+  init = config.model.get("init_checkpoint") or ""
+  if not path and init and runs.is_workdir(init):
+    path = runs.read_run_config(init).get("data", {}).get("tokenizer") or ""
+  return path or None
+
+
 class _Progress:
   """Per-step results of an unfinished run (``results.partial.json``), so a rerun resumes."""
 
@@ -202,8 +212,8 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   x_all, y_all, lset = load_examples(
     ev.dataset.to_dict(), ev.label_set, image_size, ev.max_examples
   )
-  tok = Tokenizer.default()
-  tokenize = lambda texts: tok(texts, context_length=context_length)
+  tok = Tokenizer(merges_path(config), context_length=context_length)
+  tokenize = lambda texts: tok(texts)
   encode_text = jax.jit(lambda ids: model.encode_text(params, ids).emb)
   encode_image = lambda px: model.encode_image(params, px).emb
 

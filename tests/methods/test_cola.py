@@ -178,6 +178,20 @@ def test_bad_inputs_are_named(tmp_path):
     cola.build_text(np.ones((2, 2, 4)), np.array([[True, False], [False, False]]), 4)
 
 
+def test_tokenizer_comes_from_the_config_else_the_checkpoint_workdir(tmp_path):
+  from clipjax.evaluation import cola_task
+
+  wdir = tmp_path / "run"
+  (wdir / "checkpoints").mkdir(parents=True)
+  (wdir / "config.json").write_text(json.dumps({"data": {"tokenizer": "/m/run.txt.gz"}}))
+  config = _smoke_config()
+  assert cola_task.merges_path(config) is None  # random init: OpenAI's merges
+  config.model.init_checkpoint = str(wdir)
+  assert cola_task.merges_path(config) == "/m/run.txt.gz"
+  config.data.tokenizer = "/m/mine.txt.gz"
+  assert cola_task.merges_path(config) == "/m/mine.txt.gz"
+
+
 def _smoke_config():
   import importlib.util
   import pathlib
