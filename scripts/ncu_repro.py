@@ -58,10 +58,10 @@ ROW_TITLES = {
 _PREFIX = "clean_test/"
 _LABEL_SETS = ("colour", "size", "position", "shape", "colour+shape")
 _RETRIEVAL = {
-  "text R@1": "retrieval/text_retrieval_recall@1",
-  "text R@5": "retrieval/text_retrieval_recall@5",
-  "image R@1": "retrieval/image_retrieval_recall@1",
-  "image R@5": "retrieval/image_retrieval_recall@5",
+  "text R@1": "retrieval/text_retrieval_recall_identical@1",
+  "text R@5": "retrieval/text_retrieval_recall_identical@5",
+  "image R@1": "retrieval/image_retrieval_recall_identical@1",
+  "image R@5": "retrieval/image_retrieval_recall_identical@5",
 }
 
 

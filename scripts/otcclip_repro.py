@@ -162,7 +162,7 @@ def score(wd: pathlib.Path, probe: bool) -> dict:
     (f"shapes_test/zeroshot/{LABEL_SET}/acc1", "zs_colour+shape"),
     ("shapes_test/zeroshot/shape/acc1", "zs_shape"),
     ("shapes_test/zeroshot/colour/acc1", "zs_colour"),
-    ("shapes_test/retrieval/text_retrieval_recall@1", "i2t_R@1"),
+    ("shapes_test/retrieval/text_retrieval_recall_identical@1", "i2t_R@1"),
   ):
     out[name] = summ[key]
   rows = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines() if x.strip()]

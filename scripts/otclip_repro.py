@@ -207,7 +207,7 @@ def table(root: str) -> str:
     summ = [_read_json(os.path.join(w, "summary.json")) for w in wds]
     seeds = [int(w.rsplit("_s", 1)[1]) for w in wds]
     rows[loss] = (inf, summ, seeds)
-  ret = "shapes_test/retrieval/{}_retrieval_recall@1"
+  ret = "shapes_test/retrieval/{}_retrieval_recall_identical@1"
   lines = [
     "### Zero-shot top-1 (%) on 1000 test images, argmax vs FGW inference; retrieval R@1 (%)\n",
     "| training loss | seeds | 1/ε (final logit_scale) | colour+shape argmax | colour+shape FGW "

@@ -1,8 +1,10 @@
 """Classification metrics with CLIP_benchmark's definitions.
 
-* `acc{k}`: fraction of examples whose label is among the k highest scores, with k clipped to
-  the number of classes (CLIP_benchmark reports `acc5` as top-min(5, C)). Ties at the k-th score
-  are broken against the example (a tied wrong class ranks above the label).
+* `acc{k}`: fraction of examples whose label is among the k highest scores; NaN when k exceeds
+  the number of classes C (CLIP_benchmark reports `acc5 = NaN` below 5 classes). Ties at the k-th
+  score are broken against the example (a tied wrong class ranks above the label), so a
+  classifier that scores every class the same is never right; CLIP_benchmark's `torch.topk`
+  breaks ties in an unspecified order, and the two agree whenever scores are distinct.
 * `mean_per_class_recall`: recall averaged over the classes present in the labels
   (scikit-learn's `balanced_accuracy_score`, which CLIP_benchmark calls).
 """
@@ -40,7 +42,7 @@ def classification_metrics(
   Args:
     scores_nc: class scores (logits, similarities or OT plan rows); higher is better.
     labels_n: true classes in [0, C).
-    top_k: which top-k accuracies to report (k is clipped to C, the key keeps the asked k).
+    top_k: which top-k accuracies to report (NaN for k > C).
     class_subsets: optional named class lists (e.g. {"seen": [...], "held_out": [...]}); for
       each, `acc1` and `mean_per_class_recall` over examples whose label is in the subset
       (predictions still range over all classes) are added as `"{name}/acc1"` etc.
@@ -60,7 +62,10 @@ def classification_metrics(
         "mean_per_class_recall": float("nan"),
         "n": 0,
       }
-    out = {f"acc{k}": float(np.mean(ranks_n[mask_n] < min(k, n_classes))) for k in top_k}
+    out = {
+      f"acc{k}": float(np.mean(ranks_n[mask_n] < k)) if k <= n_classes else float("nan")
+      for k in top_k
+    }
     present = np.unique(labels_n[mask_n])
     recalls = [np.mean(preds_n[mask_n & (labels_n == c)] == c) for c in present]
     out["mean_per_class_recall"] = float(np.mean(recalls)) if recalls else float("nan")

@@ -4,10 +4,20 @@
   to it;
 * text→image: a caption is a hit at K if its image is among the K images most similar to it.
 
-Ties count against the query: a non-matching item with the same score as the best matching one
-ranks above it. With `match="identical"`, a retrieved caption whose token ids are identical to
-one of the image's captions also counts (templated captions repeat, and exact-index matching then
-caps R@1 below 1 for a perfect model); say which mode a number used.
+Two definitions of "its", each under its own metric names:
+
+* `match="index"` (CLIP_benchmark's definition and names, `text_retrieval_recall@K` = image→text,
+  `image_retrieval_recall@K` = text→image): a caption matches only the image it belongs to.
+* `match="identical"` (`text_retrieval_recall_identical@K`, `image_retrieval_recall_identical@K`):
+  a caption also matches every image that has a caption with identical token ids. Templated
+  captions repeat across images, and exact-index matching then caps R@1 below 1 for a perfect
+  model.
+
+Ties do not count against the query: a query is a hit at K when fewer than K non-matching items
+score strictly higher than its best matching item. (CLIP_benchmark's `torch.topk` breaks ties in
+an unspecified order; the two agree whenever scores are distinct.) A model that maps everything
+to one embedding therefore scores R@K = 1: `recall_at_k` also reports `tied_fraction`, the share
+of image→text queries whose best match ties with a non-matching caption.
 """
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,9 +27,23 @@ import numpy as np
 
 from clipjax.evaluation.common import get_field, l2_normalize, valid_mask
 
-__all__ = ["RetrievalFeatures", "evaluate_retrieval", "extract_retrieval_features", "recall_at_k"]
+__all__ = [
+  "MATCH_MODES",
+  "RetrievalFeatures",
+  "evaluate_retrieval",
+  "extract_retrieval_features",
+  "metric_suffix",
+  "recall_at_k",
+]
 
 MATCH_MODES = ("index", "identical")
+
+
+def metric_suffix(match: str) -> str:
+  """The metric-name suffix of a match mode: "" (CLIP_benchmark's) or "_identical"."""
+  if match not in MATCH_MODES:
+    raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
+  return "" if match == "index" else f"_{match}"
 
 
 class RetrievalFeatures(NamedTuple):
@@ -68,8 +92,10 @@ def recall_at_k(
     chunk: rows of the similarity matrix computed at a time.
 
   Returns:
-    `{"image_retrieval_recall@K", "text_retrieval_recall@K"}` (CLIP_benchmark's names:
-    image retrieval = text→image, text retrieval = image→text), plus `n_images`, `n_texts`.
+    `{"image_retrieval_recall@K", "text_retrieval_recall@K"}` for `match="index"` (CLIP_benchmark's
+    names: image retrieval = text→image, text retrieval = image→text), with an `_identical`
+    suffix before `@K` for `match="identical"`; plus `n_images`, `n_texts` and
+    `tied_fraction{suffix}` (image→text queries whose best match ties a non-matching caption).
   """
   zimg_nd, ztxt_md = l2_normalize(zimg_nd), l2_normalize(ztxt_md)
   txt2img_m = np.asarray(txt2img_m, np.int64)
@@ -85,8 +111,7 @@ def recall_at_k(
   counts = np.bincount(txt2img_m, minlength=n)
   if np.any(counts == 0):
     raise ValueError(f"image {int(np.flatnonzero(counts == 0)[0])} has no caption")
-  if match not in MATCH_MODES:
-    raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
+  name_suffix = metric_suffix(match)
   text_key_m = image_keys = None
   if match == "identical":
     if ids_ml is None or np.asarray(ids_ml).shape[0] != m:
@@ -97,12 +122,14 @@ def recall_at_k(
     image_keys[txt2img_m, text_key_m] = True
 
   i2t_rank_n = np.empty((n,), np.int64)
+  i2t_tied_n = np.empty((n,), bool)
   for start in range(0, n, chunk):
     rows = np.arange(start, min(start + chunk, n))
     sim_rm = zimg_nd[rows] @ ztxt_md.T
     pos_rm = _positives(rows, txt2img_m, text_key_m, image_keys)
     best_r = np.max(np.where(pos_rm, sim_rm, -np.inf), axis=1)
-    i2t_rank_n[rows] = np.sum(~pos_rm & (sim_rm >= best_r[:, None]), axis=1)
+    i2t_rank_n[rows] = np.sum(~pos_rm & (sim_rm > best_r[:, None]), axis=1)
+    i2t_tied_n[rows] = np.any(~pos_rm & (sim_rm == best_r[:, None]), axis=1)
 
   t2i_rank_m = np.empty((m,), np.int64)
   all_images = np.arange(n)
@@ -112,12 +139,13 @@ def recall_at_k(
     key_c = None if text_key_m is None else text_key_m[cols]
     pos_nc = _positives(all_images, txt2img_m[cols], key_c, image_keys)
     best_c = np.max(np.where(pos_nc, sim_nc, -np.inf), axis=0)
-    t2i_rank_m[cols] = np.sum(~pos_nc & (sim_nc >= best_c[None, :]), axis=0)
+    t2i_rank_m[cols] = np.sum(~pos_nc & (sim_nc > best_c[None, :]), axis=0)
 
   out: dict[str, float] = {}
   for k in ks:
-    out[f"image_retrieval_recall@{k}"] = float(np.mean(t2i_rank_m < k))
-    out[f"text_retrieval_recall@{k}"] = float(np.mean(i2t_rank_n < k))
+    out[f"image_retrieval_recall{name_suffix}@{k}"] = float(np.mean(t2i_rank_m < k))
+    out[f"text_retrieval_recall{name_suffix}@{k}"] = float(np.mean(i2t_rank_n < k))
+  out[f"tied_fraction{name_suffix}"] = float(np.mean(i2t_tied_n))
   out.update(n_images=n, n_texts=m)
   return out
 
@@ -188,12 +216,10 @@ def evaluate_retrieval(
   ks: Sequence[int] = (1, 5, 10),
   match: str = "index",
 ) -> dict[str, Any]:
-  """`extract_retrieval_features` then `recall_at_k`; the result records `match`."""
+  """`extract_retrieval_features` then `recall_at_k` (the metric names carry `match`)."""
   feats = extract_retrieval_features(
     encode_image, encode_text, batches, text_key=text_key, text_valid_key=text_valid_key
   )
-  out: dict[str, Any] = recall_at_k(
+  return recall_at_k(
     feats.zimg_nd, feats.ztxt_md, feats.txt2img_m, ks=ks, match=match, ids_ml=feats.ids_ml
   )
-  out["match"] = match
-  return out

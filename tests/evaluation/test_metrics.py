@@ -32,11 +32,12 @@ def test_metrics_match_sklearn_on_random_predictions():
   assert got["n"] == n
 
 
-def test_topk_clipped_ties_and_subsets():
+def test_topk_above_class_count_is_nan_ties_and_subsets():
   scores = np.array([[0.1, 0.9, 0.0], [0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])
   labels = np.array([1, 0, 0])
   got = classification_metrics(scores, labels, class_subsets={"a": [0], "b": [1], "none": [2]})
-  assert got["acc5"] == 1.0  # k clipped to C = 3
+  assert np.isnan(got["acc5"])  # C = 3 < 5: CLIP_benchmark reports NaN
+  assert classification_metrics(scores, labels, top_k=(3,))["acc3"] == 1.0
   assert got["acc1"] == pytest.approx(1 / 3)  # the 0.5/0.5 tie counts against the label
   assert got["a/acc1"] == 0.0 and got["a/n"] == 2
   assert got["b/acc1"] == 1.0 and got["b/mean_per_class_recall"] == 1.0

@@ -37,11 +37,27 @@ def test_known_permutation_gives_known_recall():
   """Caption j embeds as image π(j): hits exactly at the 3 fixed points, R@10 = 1 (n = 10)."""
   zimg = np.eye(10, 12)  # exact zeros off the diagonal: wrong items tie with the rest
   perm = np.array([0, 2, 1, 3, 5, 4, 6, 8, 9, 7])  # fixed points 0, 3, 6
-  got = recall_at_k(zimg, zimg[perm], np.arange(10), ks=(1, 5, 10))
+  got = recall_at_k(zimg, zimg[perm], np.arange(10), ks=(1, 2, 10))
   for direction in ("image", "text"):
     assert got[f"{direction}_retrieval_recall@1"] == pytest.approx(0.3)
-    assert got[f"{direction}_retrieval_recall@5"] == pytest.approx(0.3)  # ties rank last
+    # Off the fixed points one wrong item scores 1 and the rest tie with the true one at 0;
+    # ties do not count against the query, so the true item ranks second.
+    assert got[f"{direction}_retrieval_recall@2"] == 1.0
     assert got[f"{direction}_retrieval_recall@10"] == 1.0
+  assert got["tied_fraction"] == pytest.approx(0.7)  # the 7 images off the fixed points
+
+
+def test_ties_do_not_count_against_the_query():
+  """A wrong caption tied with the true one is no miss; one scoring strictly higher is."""
+  zimg = np.eye(3, 4)
+  ztxt = np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0.1, 0, 0.9, 0]])  # caption 1 ties image 0
+  got = recall_at_k(zimg, ztxt, np.arange(3), ks=(1,))
+  # image->text: image 0 scores 1 on captions 0 and 1 (tie: hit); image 1 scores 0 on all
+  # three (tie: hit); image 2 scores its own caption highest (hit, no tie).
+  assert got["text_retrieval_recall@1"] == 1.0
+  assert got["tied_fraction"] == pytest.approx(2 / 3)
+  # text->image: caption 1 scores image 0 (1) above its own image 1 (0): a miss.
+  assert got["image_retrieval_recall@1"] == pytest.approx(2 / 3)
 
 
 def test_matches_reference_definition_on_random_embeddings():
@@ -59,20 +75,23 @@ def test_matches_reference_definition_on_random_embeddings():
   assert 0.0 < got["text_retrieval_recall@1"] < 1.0
 
 
-def test_identical_captions_count_in_identical_mode():
-  """Images 0 and 1 share one caption text; a perfect model cannot tell them apart by index."""
-  zimg = orthonormal(5, 8)
-  zimg[1] = zimg[0]
+def test_identical_captions_count_in_identical_mode_under_their_own_name():
+  """Images 0 and 1 have one caption text; its embedding is closest to image 1."""
+  zimg = np.eye(5, 8)  # exact zeros: the wrong images tie with image 0 for caption 0
   ids = np.array([[1, 7, 2], [1, 7, 2], [1, 8, 2], [1, 9, 2], [1, 6, 2]])
   txt2img = np.arange(5)
   ztxt = zimg.copy()
+  ztxt[0] = zimg[1]  # an identical text embeds identically
   by_index = recall_at_k(zimg, ztxt, txt2img, ks=(1, 2))
-  assert by_index["text_retrieval_recall@1"] == pytest.approx(0.6)
-  assert by_index["image_retrieval_recall@1"] == pytest.approx(0.6)
-  assert by_index["text_retrieval_recall@2"] == 1.0
+  assert by_index["image_retrieval_recall@1"] == pytest.approx(0.8)  # caption 0 -> image 1
+  assert by_index["image_retrieval_recall@2"] == 1.0
+  assert by_index["text_retrieval_recall@1"] == 1.0
   same_text = recall_at_k(zimg, ztxt, txt2img, ks=(1,), match="identical", ids_ml=ids)
-  assert same_text["text_retrieval_recall@1"] == 1.0
-  assert same_text["image_retrieval_recall@1"] == 1.0
+  assert same_text["image_retrieval_recall_identical@1"] == 1.0
+  assert same_text["text_retrieval_recall_identical@1"] == 1.0
+  assert not any(
+    k.startswith(("image_retrieval_recall@", "text_retrieval_recall@")) for k in same_text
+  )
   with pytest.raises(ValueError, match="needs ids_ml"):
     recall_at_k(zimg, ztxt, txt2img, match="identical")
   with pytest.raises(ValueError, match="image 4 has no caption"):
@@ -124,4 +143,4 @@ def test_extract_features_from_batches_with_caption_masks():
     ks=(1,),
   )
   assert got["text_retrieval_recall@1"] == 1.0
-  assert got["image_retrieval_recall@1"] == 1.0 and got["match"] == "index"
+  assert got["image_retrieval_recall@1"] == 1.0
