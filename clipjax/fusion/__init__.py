@@ -18,7 +18,7 @@ from clipjax.fusion.align import (
   compute_maps,
   transport_map,
   vit_activations,
-  vit_forward,
+  vit_map_acts,
 )
 from clipjax.fusion.fuse import Fused, FusionAccumulator, fuse, fuse_stream, l2_distance
 from clipjax.fusion.hierarchical import (
@@ -53,7 +53,7 @@ __all__ = [
   "resolve",
   "transport_map",
   "vit_activations",
-  "vit_forward",
+  "vit_map_acts",
   "vit_spec",
   "vit_spec_for",
 ]

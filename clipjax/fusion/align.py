@@ -7,17 +7,20 @@ extended to transformers by Imfeld et al. (ICLR 2024, HOT-CLIP appendix C.1.2):
    group gives each unit its incoming weights, after the leaf's other axes were aligned with the
    maps computed earlier (eq. 14: the previous layer's map on the input side). With
    `representation="acts"` a unit is instead its activation vector over a small batch (no
-   propagation is needed: both models see the same inputs).
+   propagation is needed: both models see the same inputs; the activations are the model's own,
+   `vit_activations`).
 2. Ground cost between the units of the model and the anchor (`pairwise_cost`: optional
-   L2-normalised rows, squared Euclidean or Euclidean, optional division by the max), uniform
+   L2-normalised rows, squared Euclidean or Euclidean, optionally divided by its max), uniform
    marginals, then `transport_map`: exact assignment (scipy's Hungarian solver; fusion runs
    outside `jit`) or entropic OT (ott-jax Sinkhorn with an explicit ε).
 3. The plan is rescaled to a soft permutation, `map_mn = plan_nmᵀ / column marginal` (rows sum to
    1, eq. 16), and every axis in the group is contracted with it (`apply_maps`).
 
 Defaults of `AlignOptions` follow HOT-CLIP appendix D: weight vectors, L2-normalised, squared
-Euclidean ground cost, Sinkhorn with τ = ε = 0.08. Dividing the cost by its max (so that ε is
-relative) follows transformer fusion's `normalize by max` [inferred: HOT-CLIP does not say].
+Euclidean ground cost (in [0, 4]), Sinkhorn with τ = ε = 0.08 on that cost as written. Dividing
+the cost by its max first (`cost_scale="max"`, transformer fusion's "normalize by max") makes ε
+relative and, at 0.08, blurs every map: on a randomly permuted width-48 ViT the fused copy is off
+by 2e-2 instead of 1e-6 (tests/fusion/test_align.py), so it is an option, not the default.
 
 Only hard maps recover a permuted model exactly: LayerNorm commutes with permutations of the
 residual stream but not with soft maps (see `clipjax.fusion.spec`).
@@ -52,7 +55,7 @@ __all__ = [
   "pairwise_cost",
   "transport_map",
   "vit_activations",
-  "vit_forward",
+  "vit_map_acts",
 ]
 
 ActsFn = Callable[[dict], dict[str, jax.Array]]
@@ -70,7 +73,8 @@ class AlignOptions:
       activation function, see `vit_activations`).
     ground_metric: "sqeuclidean" or "euclidean" between unit representations.
     normalize: "l2" (unit-norm representations) or "none".
-    cost_scale: "max" (divide the cost by its max, so ε is relative) or "none".
+    cost_scale: "none" (ε applies to the cost as written, HOT-CLIP appendix D) or "max" (divide
+      the cost by its max first, so ε is relative; transformer fusion's "normalize by max").
     threshold: Sinkhorn stopping threshold on the marginal error.
     max_iterations: Sinkhorn iteration cap.
   """
@@ -80,7 +84,7 @@ class AlignOptions:
   representation: str = "weights"
   ground_metric: str = "sqeuclidean"
   normalize: str = "l2"
-  cost_scale: str = "max"
+  cost_scale: str = "none"
   threshold: float = 1e-6
   max_iterations: int = 5000
 
@@ -484,7 +488,7 @@ def align_params(
     spec: the fusion spec.
     options: alignment options.
     acts_fn: for `representation="acts"`: params -> {map name: [..., units] activations} on a
-      fixed batch (e.g. `vit_activations(config, pixels)`).
+      fixed batch (e.g. `vit_activations(model, pixels)`).
     anchor_acts: precomputed `acts_fn(anchor)` (computed here when None).
 
   Returns:
@@ -500,113 +504,49 @@ def align_params(
   return Aligned(apply_maps(params, spec, maps), maps, infos)
 
 
-def _row(v_w: jax.Array) -> jax.Array:
-  return v_w[None, None, :]
-
-
-def _dense(x_bti: jax.Array, layer: dict) -> jax.Array:
-  return x_bti @ layer["kernel"] + _row(layer["bias"])
-
-
-def _layer_norm(x_btw: jax.Array, ln: dict, eps: float) -> jax.Array:
-  mean_bt1 = jnp.mean(x_btw, axis=-1, keepdims=True)
-  xc_btw = x_btw - mean_bt1
-  var_bt1 = jnp.mean(jnp.square(xc_btw), axis=-1, keepdims=True)
-  return xc_btw * jax.lax.rsqrt(var_bt1 + eps) * _row(ln["scale"]) + _row(ln["bias"])
-
-
-def vit_forward(config: Any, visual: dict, pixels_bhwc: jax.Array):
-  """The CLIP image tower written out per layer, returning the activations fusion aligns on.
-
-  Same math as `clipjax.model.clip.VisionTower` in float32 (tested against `encode_image`).
+def vit_map_acts(acts: dict[str, jax.Array], layers: int) -> dict[str, jax.Array]:
+  """The image tower's own intermediates (`CLIP.image_intermediates`) keyed by map name.
 
   Args:
-    config: the `CLIPConfig`.
-    visual: `params["visual"]`.
-    pixels_bhwc: [b, s, s, 3] pixels in [0, 1].
+    acts: the intermediates dict of `CLIP.image_intermediates`.
+    layers: number of vision blocks.
 
   Returns:
-    `(emb_bd, acts)`: the L2-normalised embedding and a dict of [b, t', units] activations:
-    "res/embed" (tokens + positions, before ln_pre), "res" (the residual stream after the
-    embedding and after every block, concatenated over tokens), and per block b "qk/b" (q and k
-    concatenated over tokens), "v/b", "attn_out/b" (out_proj output), "mlp/b" (c_fc output,
-    before the activation) and "mlp_out/b" (c_proj output).
+    {map name: [b, t', units]}: "res/embed" (tokens plus positions, before ln_pre), "res" (the
+    residual stream after the embedding and after every block, concatenated over tokens), and
+    per block b "qk/b" (q and k concatenated over tokens), "v/b", "attn_out/b" (out_proj
+    output), "mlp/b" (c_fc output before the activation) and "mlp_out/b" (c_proj output).
   """
-  from clipjax.model import layers
-  from clipjax.model.clip import CLIP_MEAN, CLIP_STD
-
-  vis = config.vision
-  eps = config.ln_eps
-  act = layers.ACTIVATIONS[config.act]
-  mean_111c = jnp.asarray(CLIP_MEAN, jnp.float32).reshape(1, 1, 1, 3)
-  std_111c = jnp.asarray(CLIP_STD, jnp.float32).reshape(1, 1, 1, 3)
-  x_bhwc = (pixels_bhwc.astype(jnp.float32) - mean_111c) / std_111c
-  b, s = x_bhwc.shape[0], x_bhwc.shape[1]
-  p = vis.patch_size
-  gs = s // p
-  patches_bnk = x_bhwc.reshape(b, gs, p, gs, p, 3).transpose(0, 1, 3, 2, 4, 5)
-  patches_bnk = patches_bnk.reshape(b, gs * gs, p * p * 3)
-  w = visual["class_embedding"].shape[0]
-  tok_bnw = patches_bnk @ visual["conv1"]["kernel"].reshape(p * p * 3, w)
-  pos_tw = visual["positional_embedding"]
-  if vis.pos_embed == "learned+sincos2d":
-    pos_tw = pos_tw + jnp.concatenate([jnp.zeros((1, w)), layers.sincos_2d(gs, w)])
-  cls_b1w = jnp.broadcast_to(visual["class_embedding"], (b, 1, w))
-  x_btw = jnp.concatenate([cls_b1w, tok_bnw], axis=1) + pos_tw[None]
-  acts = {"res/embed": x_btw}
-  states = [x_btw]
-  x_btw = _layer_norm(x_btw, visual["ln_pre"], eps)
-  heads = vis.heads
-  for i in range(vis.layers):
-    blk = visual["blocks"][str(i)]
-    h_btw = _layer_norm(x_btw, blk["ln_1"], eps)
-    qkv = _dense(h_btw, blk["attn"]["in_proj"])
-    q_btw, k_btw, v_btw = jnp.split(qkv, 3, axis=-1)
-    t = q_btw.shape[1]
-    shape_bthk = (b, t, heads, w // heads)
-    o_bthk = jax.nn.dot_product_attention(
-      q_btw.reshape(shape_bthk), k_btw.reshape(shape_bthk), v_btw.reshape(shape_bthk)
-    )
-    a_btw = _dense(o_bthk.reshape(b, t, w), blk["attn"]["out_proj"])
-    x_btw = x_btw + a_btw
-    h_btw = _layer_norm(x_btw, blk["ln_2"], eps)
-    f_btm = _dense(h_btw, blk["mlp"]["c_fc"])
-    m_btw = _dense(act(f_btm), blk["mlp"]["c_proj"])
-    x_btw = x_btw + m_btw
-    states.append(x_btw)
-    acts.update(
-      {
-        f"qk/{i}": jnp.concatenate([q_btw, k_btw], axis=1),
-        f"v/{i}": v_btw,
-        f"attn_out/{i}": a_btw,
-        f"mlp/{i}": f_btm,
-        f"mlp_out/{i}": m_btw,
-      }
-    )
-  acts["res"] = jnp.concatenate(states, axis=1)
-  x_btw = _layer_norm(x_btw, visual["ln_post"], eps)
-  pooled_bw = x_btw[:, 0] if vis.pool == "cls" else jnp.mean(x_btw[:, 1:], axis=1)
-  emb_bd = pooled_bw @ visual["proj"]
-  emb_bd = emb_bd / jnp.maximum(jnp.linalg.norm(emb_bd, axis=-1, keepdims=True), 1e-12)
-  return emb_bd, acts
+  out = {"res/embed": acts["embed"]}
+  states = [acts["embed"]]
+  for b in range(layers):
+    blk = f"blocks/{b}/"
+    out[f"qk/{b}"] = jnp.concatenate([acts[blk + "attn/q"], acts[blk + "attn/k"]], axis=1)
+    out[f"v/{b}"] = acts[blk + "attn/v"]
+    out[f"attn_out/{b}"] = acts[blk + "attn_out"]
+    out[f"mlp/{b}"] = acts[blk + "mlp/hidden"]
+    out[f"mlp_out/{b}"] = acts[blk + "mlp_out"]
+    states.append(acts[blk + "out"])
+  out["res"] = jnp.concatenate(states, axis=1)
+  return out
 
 
-def vit_activations(config: Any, pixels_bhwc: jax.Array, *, root: str = "visual") -> ActsFn:
-  """An `acts_fn` for `align_params`: params -> `vit_forward` activations on a fixed batch.
+def vit_activations(model: Any, pixels_bhwc: jax.Array) -> ActsFn:
+  """An `acts_fn` for `align_params`: the image tower's own activations on a fixed batch.
 
   Args:
-    config: the `CLIPConfig`.
+    model: the `clipjax.model.CLIP` whose params are aligned (its config and graphdef; its
+      `params` are not read).
     pixels_bhwc: [b, s, s, 3] pixels in [0, 1] (a small batch: a few images give
       b·(1 + patches) samples per unit).
-    root: path of the image tower in the params.
 
   Returns:
-    A function params -> {map name: [b, t', units] activations}.
+    A function full params -> `vit_map_acts` of `model.image_intermediates(params, pixels)`.
   """
-  forward = jax.jit(functools.partial(vit_forward, config))
   pixels_bhwc = jnp.asarray(pixels_bhwc)
+  layers = model.config.vision.layers
 
   def acts_fn(params: dict) -> dict[str, jax.Array]:
-    return forward(spec_lib.subtree(params, root), pixels_bhwc)[1]
+    return vit_map_acts(model.image_intermediates(params, pixels_bhwc)[1], layers)
 
   return acts_fn

@@ -4,6 +4,9 @@ Radford et al., "Learning Transferable Visual Models From Natural Language Super
 arXiv:2103.00020. The modules mirror OpenAI's `model.py` (ViT image tower, causal text
 transformer, `logit_scale`); `CLIP` splits them once into a static `graphdef` and a plain nested
 dict `params`, and every encoder is a pure, jitted function of `(params, inputs)`.
+`CLIP.image_intermediates` runs the same image tower built with `sow=True` under `nnx.capture`
+and returns what it sowed, so code that needs activations (activation-based fusion) reads them
+from the model rather than from a second forward pass.
 """
 
 from __future__ import annotations
@@ -97,9 +100,13 @@ class PatchEmbed(nnx.Module):
 
 
 class VisionTower(nnx.Module):
-  """ViT image tower: conv1, class token, positions, ln_pre, blocks, ln_post, proj."""
+  """ViT image tower: conv1, class token, positions, ln_pre, blocks, ln_post, proj.
 
-  def __init__(self, config: CLIPConfig):
+  With `sow=True` it sows "embed" ([b, t, w] tokens plus positions, before ln_pre) and its blocks
+  sow theirs (see `clipjax.model.layers`).
+  """
+
+  def __init__(self, config: CLIPConfig, *, sow: bool = False):
     cfg: VisionConfig = config.vision
     dtype = jnp.dtype(config.dtype)
     w = cfg.width
@@ -107,6 +114,7 @@ class VisionTower(nnx.Module):
     self.pool = cfg.pool
     self.sincos = cfg.pos_embed == "learned+sincos2d"
     self.dtype = dtype
+    self.sow_acts = sow
     self.conv1 = PatchEmbed(cfg.patch_size, w)
     self.class_embedding = layers.zeros_param((w,))
     self.positional_embedding = layers.zeros_param((1 + cfg.num_patches, w))
@@ -121,6 +129,7 @@ class VisionTower(nnx.Module):
       act=config.act,
       eps=config.ln_eps,
       dtype=dtype,
+      sow=sow,
     )
     self.ln_post = layers.LayerNorm(w, eps=config.ln_eps, dtype=dtype)
     self.proj = layers.zeros_param((w, config.embed_dim))
@@ -152,6 +161,8 @@ class VisionTower(nnx.Module):
       fixed_tw = jnp.concatenate([jnp.zeros((1, w), jnp.float32), layers.sincos_2d(grid, w)])
       pos_tw = pos_tw + fixed_tw
     x_btw = jnp.concatenate([cls_b1w, x_bnw], axis=1) + pos_tw.astype(self.dtype)[None]
+    if self.sow_acts:
+      self.sow(nnx.Intermediate, "embed", x_btw)
     x_btw = self.ln_pre(x_btw)
     x_btw = layers.apply_blocks(self.blocks, x_btw, remat=self.remat)
     x_btw = self.ln_post(x_btw)
@@ -253,10 +264,13 @@ class TextTower(nnx.Module):
 
 
 class CLIPModule(nnx.Module):
-  """Both towers plus `logit_scale` (and `logit_bias` when configured)."""
+  """Both towers plus `logit_scale` (and `logit_bias` when configured).
 
-  def __init__(self, config: CLIPConfig):
-    self.visual = VisionTower(config)
+  `sow=True` makes the image tower sow its intermediates (same parameters, another graphdef).
+  """
+
+  def __init__(self, config: CLIPConfig, *, sow: bool = False):
+    self.visual = VisionTower(config, sow=sow)
     self.text = TextTower(config)
     self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init, jnp.float32))
     if config.logit_bias_init is not None:
@@ -354,6 +368,22 @@ def _encode_image(
   return model.visual(pixels_bhwc)
 
 
+def _image_intermediates(
+  graphdef: Any, expected: Any, params: dict, pixels_bhwc: jax.Array
+) -> tuple[ImageFeatures, dict[str, jax.Array]]:
+  check_params(params, expected)
+  model = nnx.merge(graphdef, params)
+  feats, sown = nnx.capture(model.visual, nnx.Intermediate)(pixels_bhwc)
+  acts = {}
+  for path, var in nnx.to_flat_state(sown):
+    name = "/".join(str(k) for k in path)
+    values = var.get_value()
+    if len(values) != 1:
+      raise RuntimeError(f"image tower sowed {name!r} {len(values)} times in one forward")
+    acts[name] = values[0]
+  return feats, acts
+
+
 def _encode_text(
   graphdef: Any, expected: Any, params: dict, ids_bl: jax.Array, prompts_mw: jax.Array | None
 ) -> TextFeatures:
@@ -370,6 +400,13 @@ def _jitted_encoders(config: CLIPConfig, graphdef: Any) -> tuple[Any, Any]:
     jax.jit(functools.partial(_encode_image, graphdef, expected)),
     jax.jit(functools.partial(_encode_text, graphdef, expected)),
   )
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_intermediates(config: CLIPConfig) -> Any:
+  """Jitted image forward of the sowing graphdef, shared by every CLIP with this config."""
+  graphdef, expected = _abstract(config, sow=True)
+  return jax.jit(functools.partial(_image_intermediates, graphdef, expected))
 
 
 @functools.lru_cache(maxsize=64)
@@ -415,6 +452,26 @@ class CLIP:
     """
     return self._image_fn(params, pixels_bhwc)
 
+  def image_intermediates(
+    self, params: dict, pixels_bhwc: jax.Array
+  ) -> tuple[ImageFeatures, dict[str, jax.Array]]:
+    """Encodes images and returns the image tower's own intermediates.
+
+    Args:
+      params: parameter pytree.
+      pixels_bhwc: [b, s, s, 3] float pixels in [0, 1], as for `encode_image`.
+
+    Returns:
+      `(features, acts)`: `features` as `encode_image` returns them, and `acts` keyed by module
+      path under the image tower: "embed" [b, t, w] (tokens plus positions, before ln_pre, t = 1
+      + n_patches), and per block i "blocks/i/attn/q", ".../k", ".../v" [b, t, w] (before the
+      head split), "blocks/i/attn_out" [b, t, w] (out_proj output), "blocks/i/mlp/hidden"
+      [b, t, mlp_dim] (c_fc output before the activation), "blocks/i/mlp_out" [b, t, w] (c_proj
+      output) and "blocks/i/out" [b, t, w] (the residual stream after the block), in the compute
+      dtype.
+    """
+    return _jitted_intermediates(self.config)(params, pixels_bhwc)
+
   def encode_text(
     self, params: dict, ids_bl: jax.Array, prompts_mw: jax.Array | None = None
   ) -> TextFeatures:
@@ -443,9 +500,9 @@ class CLIP:
 
 
 @functools.lru_cache(maxsize=32)
-def _abstract(config: CLIPConfig) -> tuple[Any, dict]:
+def _abstract(config: CLIPConfig, sow: bool = False) -> tuple[Any, dict]:
   """(graphdef, params of `jax.ShapeDtypeStruct`) for a config, traced once per config."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: CLIPModule(config)), nnx.Param)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: CLIPModule(config, sow=sow)), nnx.Param)
   return graphdef, nnx.to_pure_dict(state)
 
 

@@ -4,6 +4,13 @@ Attribute names mirror the OpenAI state dict (`ln_1`, `attn.in_proj`, `attn.out_
 `mlp.c_fc`, `mlp.c_proj`) so that `params` can be converted with one key table. Parameters are
 float32; `dtype` is the compute dtype that inputs and parameters are cast to.
 
+With `sow=True` the blocks report their intermediates with `Module.sow(nnx.Intermediate, ...)`,
+collected by `nnx.capture` (the flax gemma example's sow config, reduced to one switch): the
+attention's "q", "k", "v" ([b, t, w], before the head split), the MLP's "hidden" ([b, t, m],
+c_fc output before the activation), and the block's "attn_out", "mlp_out" (the two residual
+branches) and "out" (the residual stream after the block). Without it nothing is sown, so the
+ordinary forward carries no intermediates.
+
 The modules are shape templates: weights start as zeros (LayerNorm scales as ones) and are only
 ever built under `nnx.eval_shape`; random values come from the init table in `clip.py`, drawn
 in a single `jax.random.normal` call (one draw per parameter made XLA compile the init for tens
@@ -89,9 +96,10 @@ class LayerNorm(nnx.Module):
 class Attention(nnx.Module):
   """Multi-head self-attention with a fused input projection (q, k, v in that order)."""
 
-  def __init__(self, width: int, heads: int, *, causal: bool, dtype: jnp.dtype):
+  def __init__(self, width: int, heads: int, *, causal: bool, dtype: jnp.dtype, sow: bool = False):
     self.heads = heads
     self.causal = causal
+    self.sow_acts = sow
     self.in_proj = Linear(width, 3 * width, dtype=dtype)
     self.out_proj = Linear(width, width, dtype=dtype)
 
@@ -106,6 +114,10 @@ class Attention(nnx.Module):
     """
     b, t, w = x_btw.shape
     q_btw, k_btw, v_btw = jnp.split(self.in_proj(x_btw), 3, axis=-1)
+    if self.sow_acts:
+      self.sow(nnx.Intermediate, "q", q_btw)
+      self.sow(nnx.Intermediate, "k", k_btw)
+      self.sow(nnx.Intermediate, "v", v_btw)
     shape_bthk = (b, t, self.heads, w // self.heads)
     out_bthk = jax.nn.dot_product_attention(
       q_btw.reshape(shape_bthk),
@@ -119,13 +131,17 @@ class Attention(nnx.Module):
 class Mlp(nnx.Module):
   """Two-layer MLP c_fc -> act -> c_proj."""
 
-  def __init__(self, width: int, mlp_dim: int, *, act: str, dtype: jnp.dtype):
+  def __init__(self, width: int, mlp_dim: int, *, act: str, dtype: jnp.dtype, sow: bool = False):
     self.act = act
+    self.sow_acts = sow
     self.c_fc = Linear(width, mlp_dim, dtype=dtype)
     self.c_proj = Linear(mlp_dim, width, dtype=dtype)
 
   def __call__(self, x_btw: jax.Array) -> jax.Array:
-    return self.c_proj(ACTIVATIONS[self.act](self.c_fc(x_btw)))
+    h_btm = self.c_fc(x_btw)
+    if self.sow_acts:
+      self.sow(nnx.Intermediate, "hidden", h_btm)
+    return self.c_proj(ACTIVATIONS[self.act](h_btm))
 
 
 class ResidualBlock(nnx.Module):
@@ -141,15 +157,24 @@ class ResidualBlock(nnx.Module):
     act: str,
     eps: float,
     dtype: jnp.dtype,
+    sow: bool = False,
   ):
+    self.sow_acts = sow
     self.ln_1 = LayerNorm(width, eps=eps, dtype=dtype)
-    self.attn = Attention(width, heads, causal=causal, dtype=dtype)
+    self.attn = Attention(width, heads, causal=causal, dtype=dtype, sow=sow)
     self.ln_2 = LayerNorm(width, eps=eps, dtype=dtype)
-    self.mlp = Mlp(width, mlp_dim, act=act, dtype=dtype)
+    self.mlp = Mlp(width, mlp_dim, act=act, dtype=dtype, sow=sow)
 
   def __call__(self, x_btw: jax.Array) -> jax.Array:
-    x_btw = x_btw + self.attn(self.ln_1(x_btw))
-    return x_btw + self.mlp(self.ln_2(x_btw))
+    a_btw = self.attn(self.ln_1(x_btw))
+    x_btw = x_btw + a_btw
+    m_btw = self.mlp(self.ln_2(x_btw))
+    x_btw = x_btw + m_btw
+    if self.sow_acts:
+      self.sow(nnx.Intermediate, "attn_out", a_btw)
+      self.sow(nnx.Intermediate, "mlp_out", m_btw)
+      self.sow(nnx.Intermediate, "out", x_btw)
+    return x_btw
 
 
 def _apply_block(block: ResidualBlock, x_btw: jax.Array) -> jax.Array:
@@ -169,11 +194,14 @@ def make_blocks(
   act: str,
   eps: float,
   dtype: jnp.dtype,
+  sow: bool = False,
 ) -> nnx.Dict:
   """A stack of residual blocks under string keys "0".."layers-1" (the `params` layout)."""
   return nnx.Dict(
     {
-      str(i): ResidualBlock(width, heads, mlp_dim, causal=causal, act=act, eps=eps, dtype=dtype)
+      str(i): ResidualBlock(
+        width, heads, mlp_dim, causal=causal, act=act, eps=eps, dtype=dtype, sow=sow
+      )
       for i in range(layers)
     }
   )
@@ -191,7 +219,9 @@ def apply_blocks(blocks: nnx.Dict, x_btw: jax.Array, *, remat: bool) -> jax.Arra
     [b, t, w] tokens.
   """
   apply = _apply_block_remat if remat else _apply_block
-  for i in range(len(blocks)):
+  # Count the numbered entries: under `nnx.capture` every module, this Dict included, also holds
+  # a `__captures__` entry.
+  for i in range(sum(key.isdigit() for key in blocks)):
     x_btw = apply(blocks[str(i)], x_btw)
   return x_btw
 

@@ -59,10 +59,13 @@ def _act(x, act):
   return 0.5 * x * (1 + erf(x / np.sqrt(2)))
 
 
-def _block(x, p, heads, causal, act):
+def _block(x, p, heads, causal, act, record=None):
+  """One residual block; `record` (a dict) receives the intermediates the model sows."""
   b, t, w = x.shape
   h = _ln(x, p["ln_1"])
   qkv = h @ p["attn"]["in_proj"]["kernel"] + p["attn"]["in_proj"]["bias"]
+  if record is not None:
+    record.update({f"attn/{n}": qkv[..., i * w : (i + 1) * w] for i, n in enumerate("qkv")})
   q, k, v = (qkv[..., i * w : (i + 1) * w].reshape(b, t, heads, -1) for i in range(3))
   logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(w // heads)
   if causal:
@@ -70,13 +73,18 @@ def _block(x, p, heads, causal, act):
   prob = np.exp(logits - logits.max(-1, keepdims=True))
   prob /= prob.sum(-1, keepdims=True)
   o = np.einsum("bhqk,bkhd->bqhd", prob, v).reshape(b, t, w)
-  x = x + o @ p["attn"]["out_proj"]["kernel"] + p["attn"]["out_proj"]["bias"]
-  h = _ln(x, p["ln_2"])
-  h = _act(h @ p["mlp"]["c_fc"]["kernel"] + p["mlp"]["c_fc"]["bias"], act)
-  return x + h @ p["mlp"]["c_proj"]["kernel"] + p["mlp"]["c_proj"]["bias"]
+  attn_out = o @ p["attn"]["out_proj"]["kernel"] + p["attn"]["out_proj"]["bias"]
+  x = x + attn_out
+  hidden = _ln(x, p["ln_2"]) @ p["mlp"]["c_fc"]["kernel"] + p["mlp"]["c_fc"]["bias"]
+  mlp_out = _act(hidden, act) @ p["mlp"]["c_proj"]["kernel"] + p["mlp"]["c_proj"]["bias"]
+  x = x + mlp_out
+  if record is not None:
+    record.update({"attn_out": attn_out, "mlp/hidden": hidden, "mlp_out": mlp_out, "out": x})
+  return x
 
 
-def _ref_image(params, pixels, cfg):
+def _ref_image(params, pixels, cfg, record=None):
+  """(emb, tokens) of the image tower; `record` receives what `image_intermediates` returns."""
   p = _np(params["visual"])
   x = (np.asarray(pixels, np.float64) - [0.48145466, 0.4578275, 0.40821073]) / [
     0.26862954,
@@ -102,9 +110,14 @@ def _ref_image(params, pixels, cfg):
       for c in range(g)
     ]
     tok = tok + np.concatenate([np.zeros((1, cfg.vision.width)), np.stack(table)])
+  if record is not None:
+    record["embed"] = tok
   tok = _ln(tok, p["ln_pre"])
   for i in range(cfg.vision.layers):
-    tok = _block(tok, p["blocks"][str(i)], cfg.vision.heads, False, cfg.act)
+    block = None if record is None else {}
+    tok = _block(tok, p["blocks"][str(i)], cfg.vision.heads, False, cfg.act, block)
+    if record is not None:
+      record.update({f"blocks/{i}/{k}": v for k, v in block.items()})
   tok = _ln(tok, p["ln_post"])
   pooled = tok[:, 0] if cfg.vision.pool == "cls" else tok[:, 1:].mean(1)
   emb = pooled @ p["proj"]
@@ -138,6 +151,44 @@ def test_matches_numpy_reference(clip, pixels, ids, overrides):
   emb, tokens = _ref_text(clip.params, ids, cfg)
   np.testing.assert_allclose(txt.emb, emb, atol=2e-5)
   np.testing.assert_allclose(txt.tokens, tokens, atol=2e-5, rtol=1e-4)
+
+
+def _random_affine(params, seed):
+  """`params` with every bias, LayerNorm scale and LayerNorm bias drawn at random (init: 0, 1)."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, x):
+    if path[-1].key not in ("bias", "scale"):
+      return x
+    base = 1.0 if path[-1].key == "scale" else 0.0
+    return jnp.asarray(base + 0.1 * rng.normal(size=x.shape), jnp.float32)
+
+  return jax.tree.map_with_path(draw, params)
+
+
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    {},
+    {"act": "gelu", "vision.pool": "mean", "vision.pos_embed": "learned+sincos2d", "remat": True},
+  ],
+  ids=["openai", "gelu-meanpool-sincos2d-remat"],
+)
+def test_image_intermediates_match_numpy_reference(pixels, overrides):
+  sizes = {"vision.width": 48, "vision.heads": 4, "vision.layers": 3, "vision.mlp_dim": 96}
+  clip = clipmodel.create("tiny", 1, **sizes, **overrides)
+  params = _random_affine(clip.params, 2)
+  feats, acts = clip.image_intermediates(params, pixels)
+  want = {}
+  emb, tokens = _ref_image(params, pixels, clip.config, want)
+  np.testing.assert_allclose(feats.emb, emb, atol=2e-5)
+  np.testing.assert_allclose(feats.tokens, tokens, atol=2e-5, rtol=1e-4)
+  assert sorted(acts) == sorted(want)
+  for name, value in want.items():
+    np.testing.assert_allclose(acts[name], value, atol=5e-5, rtol=1e-4, err_msg=name)
+  assert acts["blocks/2/mlp/hidden"].shape == (3, 17, 96)
+  same = clip.encode_image(params, pixels)
+  np.testing.assert_allclose(feats.emb, same.emb, atol=1e-6)
 
 
 # ---------------------------------------------------------------- contract layout
