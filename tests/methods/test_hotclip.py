@@ -201,21 +201,21 @@ def test_submodel_smoke_trains_only_the_visual_tower(tmp_path):
   pairs = zip(jax.tree.leaves(init["visual"]), jax.tree.leaves(trained["visual"]))
   moved = [not np.array_equal(a, b) for a, b in pairs]
   assert any(moved)
-  pytest.hotclip_sub = str(tmp_path / "sub")
 
 
 def test_fuse_task_smoke_on_two_workdirs(tmp_path):
   from clipjax.fusion import task
 
-  sub = getattr(pytest, "hotclip_sub", None)
-  if sub is None:
-    pytest.skip("needs the submodel smoke run (run the whole module)")
-  p = runs.load_model(sub).params
+  # Two submodel workdirs written here: a freshly initialised smoke submodel and a perturbed copy.
+  sub_config = _config("hotclip_submodel", "smoke,attack=mim,prompt=1")
+  run_config = json.loads(sub_config.to_json_best_effort())
+  p = loop.build_model(sub_config, jax.random.key(sub_config.seed)).params
   rng = np.random.default_rng(0)
   p2 = jax.tree.map(
     lambda x: np.asarray(x) + np.float32(0.01) * rng.normal(size=np.shape(x)).astype(np.float32), p
   )
-  other = task.save_params_workdir(p2, runs.read_run_config(sub), str(tmp_path / "other"))
+  sub = task.save_params_workdir(p, run_config, str(tmp_path / "sub"))
+  other = task.save_params_workdir(p2, run_config, str(tmp_path / "other"))
   config = _config("hotclip_fuse", "smoke")
   config.workdirs = [[sub], [other]]
   config.evaluate_submodels = False
