@@ -3,14 +3,30 @@
 Developer-only: needs torch, transformers and open_clip_torch (the `parity` extra), never runs in
 CI. The tests only read what this script writes, with numpy and safetensors.
 
-  /work/parity-venv/bin/python scripts/make_parity_fixtures.py [--out tests/fixtures/parity]
+  python -m venv /work/venv-torch
+  /work/venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1 open_clip_torch==3.3.0 \
+    transformers safetensors  # open_clip needs torchvision, which needs this torch pair
+  /work/venv-torch/bin/python scripts/make_parity_fixtures.py [--out tests/fixtures/parity] \
+    [--only hf openclip openclip_gelu openai preprocess]
 
-Output (all seeded and deterministic, about 0.8 MB in total):
+Output (all seeded and deterministic, about 1 MB in total):
   hf/model.safetensors, hf/config.json        tiny random transformers `CLIPModel`
   hf_io.npz                                   its inputs and reference outputs
   openclip/open_clip_model.safetensors,
-  openclip/open_clip_config.json              tiny random `open_clip.model.CLIP` (OpenAI layout)
+  openclip/open_clip_config.json              tiny random `open_clip.model.CLIP` (OpenAI layout,
+                                              `quick_gelu: true`)
   openclip_io.npz                             its inputs and reference outputs
+  openclip_gelu/..., openclip_gelu_io.npz     the same for an open_clip model with open_clip's
+                                              default GELU (no `quick_gelu` key, as in open_clip's
+                                              ViT-B-32.json) and its own mean/std in
+                                              `preprocess_cfg`; references normalised with them
+  openai.safetensors, openai_io.npz           a QuickGELU model as OpenAI's release stores it:
+                                              a bare file with the `input_resolution`,
+                                              `context_length` and `vocab_size` scalars, heads of
+                                              width 64 and no config
+  preprocess.npz                              uint8 images of several shapes and what open_clip's
+                                              eval `image_transform` (torchvision on PIL) makes of
+                                              them, per interpolation and resize mode
 
 Every `*_io.npz` holds:
   pixels_bhwc   float32 [b, s, s, 3] in [0, 1] (clipjax input; the references were fed the CLIP
@@ -89,10 +105,10 @@ def make_inputs(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   return pixels_bhwc, ids_bl
 
 
-def normalise_nchw(pixels_bhwc: np.ndarray) -> torch.Tensor:
+def normalise_nchw(pixels_bhwc: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
   x = torch.from_numpy(pixels_bhwc)
-  mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)
-  std = torch.tensor(CLIP_STD, dtype=torch.float32)
+  mean = torch.tensor(mean, dtype=torch.float32)
+  std = torch.tensor(std, dtype=torch.float32)
   return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 
@@ -151,26 +167,72 @@ def make_hf(out_dir: pathlib.Path, pixels_bhwc: np.ndarray, ids_bl: np.ndarray) 
   return out
 
 
-def make_openclip(out_dir: pathlib.Path, pixels_bhwc: np.ndarray, ids_bl: np.ndarray) -> dict:
+OPENCLIP_CFG = dict(
+  embed_dim=EMBED,
+  vision_cfg=dict(image_size=IMAGE, layers=2, width=WIDTH, patch_size=PATCH, head_width=16),
+  text_cfg=dict(context_length=CTX, vocab_size=VOCAB, width=WIDTH, heads=2, layers=2),
+)
+GELU_MEAN = (0.5, 0.45, 0.4)  # not OpenAI's: the loader must take them from the checkpoint
+GELU_STD = (0.2, 0.25, 0.3)
+
+
+def _openclip_model(model_cfg: dict, seed: int):
   import open_clip
+
+  model = open_clip.model.CLIP(**model_cfg).eval()
+  randomise_(model, torch.Generator().manual_seed(seed))
+  return model
+
+
+def make_openclip(out_dir: pathlib.Path, pixels_bhwc: np.ndarray, ids_bl: np.ndarray) -> dict:
+  """open_clip with `quick_gelu: true` (the layout and activation of OpenAI's weights)."""
+  model_cfg = dict(OPENCLIP_CFG, quick_gelu=True)
+  model = _openclip_model(model_cfg, seed=2)
+  _save_openclip(model, {"model_cfg": model_cfg}, out_dir / "openclip")
+  return _openclip_refs(model, pixels_bhwc, ids_bl)
+
+
+def make_openclip_gelu(out_dir: pathlib.Path, pixels_bhwc: np.ndarray, ids_bl: np.ndarray) -> dict:
+  """open_clip's default GELU model (no `quick_gelu` key) with its own mean/std."""
+  import torch.nn as nn
+
+  model = _openclip_model(OPENCLIP_CFG, seed=3)
+  assert all(isinstance(b.mlp.gelu, nn.GELU) for b in model.transformer.resblocks)
+  side = {"model_cfg": OPENCLIP_CFG, "preprocess_cfg": {"mean": GELU_MEAN, "std": GELU_STD}}
+  _save_openclip(model, side, out_dir / "openclip_gelu")
+  return _openclip_refs(model, pixels_bhwc, ids_bl, mean=GELU_MEAN, std=GELU_STD)
+
+
+def make_openai(out_dir: pathlib.Path, pixels_bhwc: np.ndarray, ids_bl: np.ndarray) -> dict:
+  """OpenAI's release layout: a bare file, QuickGELU, 64-wide heads (heads = width // 64), and
+  the `input_resolution` / `context_length` / `vocab_size` scalars; no config at all."""
   from safetensors.torch import save_file
 
   model_cfg = dict(
     embed_dim=EMBED,
     quick_gelu=True,
-    vision_cfg=dict(image_size=IMAGE, layers=2, width=WIDTH, patch_size=PATCH, head_width=16),
-    text_cfg=dict(context_length=CTX, vocab_size=VOCAB, width=WIDTH, heads=2, layers=2),
+    vision_cfg=dict(image_size=IMAGE, layers=2, width=64, patch_size=PATCH, head_width=64),
+    text_cfg=dict(context_length=CTX, vocab_size=VOCAB, width=64, heads=1, layers=2),
   )
-  model = open_clip.model.CLIP(**model_cfg).eval()
-  gen = torch.Generator().manual_seed(2)
-  randomise_(model, gen)
-  d = out_dir / "openclip"
+  model = _openclip_model(model_cfg, seed=5)
+  state = {k: v.contiguous() for k, v in model.state_dict().items()}
+  for key, value in (("input_resolution", IMAGE), ("context_length", CTX), ("vocab_size", VOCAB)):
+    state[key] = torch.tensor(value, dtype=torch.int64)
+  save_file(state, out_dir / "openai.safetensors")
+  return _openclip_refs(model, pixels_bhwc, ids_bl)
+
+
+def _save_openclip(model, side: dict, d: pathlib.Path) -> None:
+  from safetensors.torch import save_file
+
   d.mkdir(parents=True, exist_ok=True)
   state = {k: v.contiguous() for k, v in model.state_dict().items()}
   save_file(state, d / "open_clip_model.safetensors")
-  (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}, indent=2) + "\n")
+  (d / "open_clip_config.json").write_text(json.dumps(side, indent=2) + "\n")
 
-  px = normalise_nchw(pixels_bhwc)
+
+def _openclip_refs(model, pixels_bhwc, ids_bl, mean=CLIP_MEAN, std=CLIP_STD) -> dict:
+  px = normalise_nchw(pixels_bhwc, mean, std)
   ids = torch.from_numpy(ids_bl.astype(np.int64))
   captured = {}
   hook = model.ln_final.register_forward_hook(lambda m, i, o: captured.update(ln_final=o))
@@ -196,19 +258,58 @@ def make_openclip(out_dir: pathlib.Path, pixels_bhwc: np.ndarray, ids_bl: np.nda
   return out
 
 
+PREPROCESS_SIZE = 32
+PREPROCESS_SHAPES = ((48, 64), (64, 48), (33, 47), (40, 40), (32, 32), (17, 23), (90, 31))
+
+
+def make_preprocess(out_dir: pathlib.Path) -> None:
+  """open_clip's eval transform on smooth and noisy uint8 images of several shapes."""
+  from open_clip.transform import image_transform
+  from PIL import Image
+
+  rng = np.random.default_rng(4)
+  arrays = {}
+  for i, (h, w) in enumerate(PREPROCESS_SHAPES):
+    yy, xx = np.mgrid[0:h, 0:w]
+    smooth = np.stack([255 * xx / w, 255 * yy / h, 128 + 100 * np.sin(xx / 5 + yy / 7)], -1)
+    noisy = smooth + rng.normal(0, 40, size=smooth.shape)
+    img = np.clip(np.round(noisy if i % 2 else smooth), 0, 255).astype(np.uint8)
+    arrays[f"image_{i}"] = img
+    for interpolation in ("bicubic", "bilinear"):
+      for mode in ("shortest", "squash"):
+        tf = image_transform(
+          PREPROCESS_SIZE, is_train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+          resize_mode=mode, interpolation=interpolation,
+        )  # fmt: skip
+        out = tf(Image.fromarray(img)).permute(1, 2, 0).numpy()  # ToTensor: uint8 / 255
+        arrays[f"out_{i}_{interpolation}_{mode}"] = out.astype(np.float32)
+  np.savez_compressed(out_dir / "preprocess.npz", size=PREPROCESS_SIZE, **arrays)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   default = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "parity"
   parser.add_argument("--out", type=pathlib.Path, default=default)
+  names = ("hf", "openclip", "openclip_gelu", "openai", "preprocess")
+  parser.add_argument("--only", nargs="+", choices=names, default=names)
   args = parser.parse_args()
   torch.manual_seed(0)
   torch.set_num_threads(1)
   args.out.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(0)
   pixels_bhwc, ids_bl = make_inputs(rng)
-  for name, fn in (("hf", make_hf), ("openclip", make_openclip)):
-    refs = fn(args.out, pixels_bhwc, ids_bl)
-    np.savez(args.out / f"{name}_io.npz", pixels_bhwc=pixels_bhwc, ids_bl=ids_bl, **refs)
+  models = {
+    "hf": make_hf,
+    "openclip": make_openclip,
+    "openclip_gelu": make_openclip_gelu,
+    "openai": make_openai,
+  }
+  for name, fn in models.items():
+    if name in args.only:
+      refs = fn(args.out, pixels_bhwc, ids_bl)
+      np.savez(args.out / f"{name}_io.npz", pixels_bhwc=pixels_bhwc, ids_bl=ids_bl, **refs)
+  if "preprocess" in args.only:
+    make_preprocess(args.out)
   total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
   print(f"wrote {args.out} ({total / 1e6:.2f} MB)")
 

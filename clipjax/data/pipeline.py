@@ -103,12 +103,23 @@ class PipelineStats:
 
 
 class _Load:
-  """index (+ rng) → uint8 example dict, or ``{"_bad": (source, index, reason)}``."""
+  """index (+ rng) → uint8 example dict, or ``{"_bad": (source, index, reason)}``.
 
-  def __init__(self, source: Any, image_size: int, augment: transforms.Augment | None):
+  `resize` (eval): keyword arguments of `transforms.resize_center_crop`; images are then decoded
+  at full resolution, as open_clip does (training decodes large JPEGs at a reduced scale).
+  """
+
+  def __init__(
+    self,
+    source: Any,
+    image_size: int,
+    augment: transforms.Augment | None,
+    resize: dict[str, str] | None = None,
+  ):
     self.source = source
     self.image_size = int(image_size)
     self.augment = augment
+    self.resize = resize
     self.name = source_name(source)
 
   def __call__(self, index: Any, rng: np.random.Generator | None = None) -> dict[str, Any]:
@@ -119,11 +130,12 @@ class _Load:
     try:
       ex = self.source[index]
       caption = decode_caption(ex.get("caption"), where)
-      img = transforms.as_uint8_rgb(ex.get("image"), where, min_size=self.image_size)
+      min_size = None if self.resize is not None else self.image_size
+      img = transforms.as_uint8_rgb(ex.get("image"), where, min_size=min_size)
       if self.augment is not None and rng is not None:
         img = transforms.random_resized_crop(img, self.image_size, rng, self.augment)
       else:
-        img = transforms.resize_center_crop(img, self.image_size)
+        img = transforms.resize_center_crop(img, self.image_size, **(self.resize or {}))
     except BadRecordError as e:
       reason = str(e)
       if reason.startswith(where + ": "):
@@ -472,6 +484,8 @@ class EvalIterable:
     num_captions: int | None,
     with_text: bool,
     max_bad_fraction: float,
+    interpolation: str,
+    resize_mode: str,
   ):
     _check_process(process_index, process_count)
     n = len(source)
@@ -480,7 +494,9 @@ class EvalIterable:
     self.num_batches = math.ceil(per_process / batch_size) if n else 0
     self._padded = self.num_batches * batch_size
     self._batch_size = batch_size
-    self._load = _Load(source, image_size, None)
+    self._load = _Load(
+      source, image_size, None, {"interpolation": interpolation, "resize_mode": resize_mode}
+    )
     self._collate = _Collate(
       tokenize,
       image_size,
@@ -532,6 +548,8 @@ def iterate_eval(
   num_captions: int | None = None,
   with_text: bool = False,
   max_bad_fraction: float = 0.01,
+  interpolation: str = "bicubic",
+  resize_mode: str = "shortest",
 ) -> EvalIterable:
   """Eval batches: every example of this process's shard once, padded final batch.
 
@@ -544,7 +562,7 @@ def iterate_eval(
   Args:
     source: a random-access source.
     batch_size: per-process batch size.
-    image_size: output side in pixels (resize + centre crop).
+    image_size: output side in pixels (open_clip's eval resize, `transforms.resize_center_crop`).
     tokenize: captions → int32 ids ``[n, L]``.
     process_index: this process; it evaluates records ``process_index::process_count``.
     process_count: number of processes; all get the same number of batches.
@@ -552,6 +570,8 @@ def iterate_eval(
     num_captions: if set, also tokenize up to this many captions per image.
     with_text: include the caption strings.
     max_bad_fraction: after the pass, raise `BadRecordsError` above this fraction of bad records.
+    interpolation: resize filter, the model's `vision.interpolation`.
+    resize_mode: 'shortest' or 'squash', the model's `vision.resize_mode`.
   """
   return EvalIterable(
     source,
@@ -564,4 +584,6 @@ def iterate_eval(
     num_captions=num_captions,
     with_text=with_text,
     max_bad_fraction=max_bad_fraction,
+    interpolation=interpolation,
+    resize_mode=resize_mode,
   )

@@ -1,8 +1,10 @@
 """Per-example image transforms on uint8 ``[h, w, 3]`` arrays (PIL for decoding and resizing).
 
 Train: `random_resized_crop` (+ optional horizontal flip), configured by `Augment`.
-Eval: `resize_center_crop`. Images stay uint8 here; the pipeline converts whole batches to
-float32 in [0, 1].
+Eval: `resize_center_crop`, open_clip's eval transform step for step (torchvision `Resize` on a
+PIL image, then `CenterCrop`), so that the same file gives the same pixels as in open_clip.
+Images stay uint8 here; the pipeline converts whole batches to float32 in [0, 1], and the model
+applies its checkpoint's mean/std (`VisionConfig.image_mean`/`image_std`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from PIL import Image
 from clipjax.data.sources import BadRecordError
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +94,36 @@ def _resize_box(img: np.ndarray, box: tuple[float, float, float, float], size: i
   return np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC, box=box))
 
 
-def resize_center_crop(img: np.ndarray, size: int) -> np.ndarray:
-  """Central square crop resized to ``[size, size, 3]`` (resize-shorter-side + centre-crop)."""
+def resize_center_crop(
+  img: np.ndarray, size: int, *, interpolation: str = "bicubic", resize_mode: str = "shortest"
+) -> np.ndarray:
+  """open_clip's eval resize: uint8 ``[h, w, 3]`` -> ``[size, size, 3]``.
+
+  Args:
+    img: uint8 image.
+    size: output side.
+    interpolation: 'bicubic' or 'bilinear' (PIL filters, antialiased when downscaling).
+    resize_mode: 'shortest': the shorter side becomes `size` and the longer one
+      ``int(size * long / short)`` (torchvision `Resize(size)`), then a centre crop at offset
+      ``int(round((side - size) / 2))`` (torchvision `CenterCrop`); 'squash': both sides become
+      `size` (torchvision `Resize((size, size))`).
+  """
+  if interpolation not in _RESAMPLE:
+    raise ValueError(f"interpolation={interpolation!r} is not one of {sorted(_RESAMPLE)}")
   h, w = img.shape[:2]
-  side = min(h, w)
-  x0, y0 = (w - side) / 2.0, (h - side) / 2.0
-  return _resize_box(img, (x0, y0, x0 + side, y0 + side), size)
+  if resize_mode == "squash":
+    new_h = new_w = size
+  elif resize_mode == "shortest":
+    short, long = min(h, w), max(h, w)
+    new_long = int(size * long / short)
+    new_h, new_w = (new_long, size) if w <= h else (size, new_long)
+  else:
+    raise ValueError(f"resize_mode={resize_mode!r} is not one of ['shortest', 'squash']")
+  if (new_h, new_w) != (h, w):
+    pil = Image.fromarray(img).resize((new_w, new_h), _RESAMPLE[interpolation])
+    img = np.asarray(pil)
+  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+  return np.ascontiguousarray(img[top : top + size, left : left + size])
 
 
 def random_resized_crop(

@@ -26,8 +26,6 @@ from clipjax.model.variants import CLIPConfig, TextConfig, VisionConfig, get_con
 
 __all__ = [
   "CLIP",
-  "CLIP_MEAN",
-  "CLIP_STD",
   "CLIPModule",
   "ImageFeatures",
   "TextFeatures",
@@ -37,9 +35,6 @@ __all__ = [
   "check_params",
   "create",
 ]
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ImageFeatures(NamedTuple):
@@ -111,6 +106,7 @@ class VisionTower(nnx.Module):
     dtype = jnp.dtype(config.dtype)
     w = cfg.width
     self.image_size = cfg.image_size
+    self.image_mean, self.image_std = cfg.image_mean, cfg.image_std
     self.pool = cfg.pool
     self.sincos = cfg.pos_embed == "learned+sincos2d"
     self.dtype = dtype
@@ -138,8 +134,8 @@ class VisionTower(nnx.Module):
     """Encodes images.
 
     Args:
-      pixels_bhwc: [b, s, s, 3] float pixels in [0, 1] (s = image_size); CLIP mean/std
-        normalisation is applied here.
+      pixels_bhwc: [b, s, s, 3] float pixels in [0, 1] (s = image_size); the config's
+        `image_mean`/`image_std` normalisation is applied here.
 
     Returns:
       `ImageFeatures` in float32.
@@ -149,8 +145,8 @@ class VisionTower(nnx.Module):
       raise ValueError(f"pixels must have shape [b, {s}, {s}, 3], got {pixels_bhwc.shape}")
     if not jnp.issubdtype(pixels_bhwc.dtype, jnp.floating):
       raise TypeError(f"pixels must be floats in [0, 1], got dtype {pixels_bhwc.dtype}")
-    mean_111c = jnp.asarray(CLIP_MEAN, jnp.float32).reshape(1, 1, 1, 3)
-    std_111c = jnp.asarray(CLIP_STD, jnp.float32).reshape(1, 1, 1, 3)
+    mean_111c = jnp.asarray(self.image_mean, jnp.float32).reshape(1, 1, 1, 3)
+    std_111c = jnp.asarray(self.image_std, jnp.float32).reshape(1, 1, 1, 3)
     x_bhwc = ((pixels_bhwc.astype(jnp.float32) - mean_111c) / std_111c).astype(self.dtype)
     x_bnw = self.conv1(x_bhwc)
     b, n, w = x_bnw.shape

@@ -18,10 +18,23 @@ Layouts on disk:
   'hf'      a directory with `model.safetensors` (or a sharded `model.safetensors.index.json`) and
             `config.json` of a transformers `CLIPModel`.
 
-The variant is inferred from tensor shapes; attention heads, activation, LayerNorm epsilon and the
+The variant is inferred from tensor shapes. Attention heads, LayerNorm epsilon and the
 end-of-text id come from the side-car config when there is one, else from the OpenAI rules
-(heads = width // 64, QuickGELU, eps 1e-5, eot = vocab_size - 1). Any `CLIPConfig` field can be
-overridden (`load_checkpoint(path, **{"vision.heads": 2})`).
+(heads = width // 64, eps 1e-5, eot = vocab_size - 1). The block activation is never guessed;
+it comes from the checkpoint's own metadata:
+
+  open_clip    `model_cfg.quick_gelu` of `open_clip_config.json` (absent = GELU, open_clip's
+               default; only `-quickgelu` configs and OpenAI's weights use QuickGELU), or of the
+               same JSON stored under `open_clip_config` in the safetensors header (clipjax's
+               single-file export);
+  HF           `hidden_act` of `config.json` (absent = QuickGELU, transformers' default);
+  OpenAI       the release's bookkeeping scalars `input_resolution` / `context_length` /
+               `vocab_size` mark OpenAI's own (QuickGELU) weights.
+
+A file that tells none of these (a bare state dict) is refused unless the caller passes
+`act="gelu"` or `act="quick_gelu"`. Image mean/std and the eval resize come from open_clip's
+`preprocess_cfg` or HF's `preprocessor_config.json` (else OpenAI's). Any `CLIPConfig` field can be
+overridden (`load_checkpoint(path, act="gelu", **{"vision.heads": 2})`).
 """
 
 from __future__ import annotations
@@ -61,6 +74,12 @@ _OPENCLIP_CONFIG = "open_clip_config.json"
 _HF_WEIGHTS = "model.safetensors"
 _HF_INDEX = "model.safetensors.index.json"
 _HF_CONFIG = "config.json"
+_HF_PREPROCESSOR = "preprocessor_config.json"
+_HEADER_KEY = "open_clip_config"  # safetensors metadata key of clipjax's single-file export
+# Scalars that OpenAI's released (TorchScript) state dicts carry: they mark OpenAI's weights.
+_OPENAI_BOOKKEEPING = ("input_resolution", "context_length", "vocab_size")
+# HF `resample` (PIL enum values) -> clipjax `vision.interpolation`, and back.
+_HF_RESAMPLE = {3: "bicubic", 2: "bilinear"}
 
 
 class CheckpointError(ValueError):
@@ -392,6 +411,22 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], pat
   )
 
 
+def _header_metadata(path: str | os.PathLike) -> dict[str, str]:
+  """The `__metadata__` of a `.safetensors` file (or of a directory's single weights file)."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    files = _find_weights(path)
+    if len(files) != 1:
+      return {}
+    path = files[0]
+  if path.suffix != ".safetensors":
+    return {}
+  with open(path, "rb") as f:
+    (n,) = np.frombuffer(f.read(8), "<u8")
+    header = json.loads(f.read(int(n)))
+  return dict(header.get("__metadata__") or {})
+
+
 def detect_layout(state: dict[str, Any], where: str = "checkpoint") -> str:
   """'hf' or 'openai' from the token-embedding key; raises `CheckpointError` otherwise."""
   if "text_model.embeddings.token_embedding.weight" in state:
@@ -479,30 +514,89 @@ _OPENCLIP_KNOWN = {
 }
 
 
-def _openclip_side_config(directory: pathlib.Path) -> dict[str, Any]:
+_OPENCLIP_PREPROCESS_KNOWN = {"mean", "std", "interpolation", "resize_mode", "size", "fill_color"}
+
+
+def _openclip_json(directory: pathlib.Path, metadata: dict[str, str]) -> tuple[dict, str] | None:
+  """open_clip's `{"model_cfg", "preprocess_cfg"}` from the side-car file or the file header."""
   f = directory / _OPENCLIP_CONFIG
-  if not f.is_file():
-    return {}
-  cfg = json.loads(f.read_text())
-  cfg = cfg.get("model_cfg", cfg)
-  unknown = sorted(set(cfg) - _OPENCLIP_KNOWN["model_cfg"])
+  if f.is_file():
+    return json.loads(f.read_text()), str(f)
+  if _HEADER_KEY in metadata:
+    return json.loads(metadata[_HEADER_KEY]), f"the {_HEADER_KEY!r} safetensors metadata"
+  return None
+
+
+def _openclip_model_cfg(full: dict[str, Any], where: str) -> dict[str, Any]:
+  cfg = full.get("model_cfg", full)
+  unknown = sorted(set(cfg) - _OPENCLIP_KNOWN["model_cfg"] - {"preprocess_cfg"})
   for sub in ("vision_cfg", "text_cfg"):
     unknown += [f"{sub}.{k}" for k in sorted(set(cfg.get(sub, {})) - _OPENCLIP_KNOWN[sub])]
   if unknown:
-    raise CheckpointError(f"{f}: unsupported open_clip model_cfg fields {unknown}")
+    raise CheckpointError(f"{where}: unsupported open_clip model_cfg fields {unknown}")
   pool = cfg.get("vision_cfg", {}).get("pool_type", "tok")
   text_pool = cfg.get("text_cfg", {}).get("pool_type", "argmax")
   if pool not in ("tok", "avg") or text_pool != "argmax":
     raise CheckpointError(
-      f"{f}: unsupported pooling vision_cfg.pool_type={pool!r} / text_cfg.pool_type={text_pool!r}"
+      f"{where}: unsupported pooling vision_cfg.pool_type={pool!r} / "
+      f"text_cfg.pool_type={text_pool!r}"
     )
   return cfg
 
 
+def _openclip_preprocess(full: dict[str, Any], where: str) -> dict[str, Any]:
+  """`VisionConfig` fields from open_clip's `preprocess_cfg` (missing ones keep the defaults)."""
+  pp = full.get("preprocess_cfg") or {}
+  unknown = sorted(set(pp) - _OPENCLIP_PREPROCESS_KNOWN)
+  if unknown:
+    raise CheckpointError(f"{where}: unsupported open_clip preprocess_cfg fields {unknown}")
+  names = {"mean": "image_mean", "std": "image_std"}
+  names.update(interpolation="interpolation", resize_mode="resize_mode")
+  out = {names[k]: (tuple(v) if k in ("mean", "std") else v) for k, v in pp.items() if k in names}
+  if out.get("resize_mode", "shortest") not in ("shortest", "squash") or out.get(
+    "interpolation", "bicubic"
+  ) not in ("bicubic", "bilinear"):
+    raise CheckpointError(
+      f"{where}: preprocess_cfg resize_mode={pp.get('resize_mode')!r} / interpolation="
+      f"{pp.get('interpolation')!r} is not supported (resize_mode 'shortest' or 'squash', "
+      "interpolation 'bicubic' or 'bilinear')"
+    )
+  return out
+
+
+def _openai_act(
+  state: dict[str, Any], model_cfg: dict[str, Any] | None, where: str, overrides: dict[str, Any]
+) -> str:
+  """The block activation an OpenAI-layout checkpoint declares (see the module docstring)."""
+  if model_cfg is not None:
+    return "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+  if any(k in state for k in _OPENAI_BOOKKEEPING):
+    return "quick_gelu"
+  if "act" in overrides:
+    return overrides["act"]
+  raise CheckpointError(
+    f"{where}: cannot tell the MLP activation of this checkpoint (no {_OPENCLIP_CONFIG}, no "
+    f"{_HEADER_KEY!r} header, and not OpenAI's release, which carries "
+    f"{list(_OPENAI_BOOKKEEPING)}). Pass it: act='gelu' (open_clip models without '-quickgelu' "
+    "in their name, e.g. LAION's ViT-B-32) or act='quick_gelu' (OpenAI's weights, open_clip "
+    "'-quickgelu' models). A wrong guess changes the embeddings (logits by ~0.1) silently."
+  )
+
+
 def _infer_openai(
-  state: dict[str, Any], directory: pathlib.Path, where: str, overrides: dict[str, Any]
+  state: dict[str, Any],
+  directory: pathlib.Path,
+  metadata: dict[str, str],
+  where: str,
+  overrides: dict[str, Any],
 ) -> CLIPConfig:
-  side = _openclip_side_config(directory)
+  found = _openclip_json(directory, metadata)
+  model_cfg = preprocess = None
+  if found is not None:
+    full, cfg_where = found
+    model_cfg = _openclip_model_cfg(full, cfg_where)
+    preprocess = _openclip_preprocess(full, cfg_where)
+  side = model_cfg or {}
   vside, tside = side.get("vision_cfg", {}), side.get("text_cfg", {})
   vw, _, patch, _ = _shape(state, "visual.conv1.weight", where)
   n_pos = _shape(state, "visual.positional_embedding", where)[0]
@@ -520,6 +614,7 @@ def _infer_openai(
     else _openai_heads(vw, "vision", where, overrides),
     mlp_dim=_shape(state, vblock, where)[0],
     pool="mean" if vside.get("pool_type") == "avg" else "cls",
+    **(preprocess or {}),
   )
   text = TextConfig(
     vocab_size=vocab,
@@ -534,15 +629,42 @@ def _infer_openai(
     vision=vision,
     text=text,
     embed_dim=_shape(state, "visual.proj", where)[1],
-    act="quick_gelu" if side.get("quick_gelu", True) else "gelu",
+    act=_openai_act(state, model_cfg, where, overrides),
     logit_bias_init=float(state["logit_bias"]) if "logit_bias" in state else None,
   )
 
 
+def _hf_preprocess(directory: pathlib.Path) -> dict[str, Any]:
+  """`VisionConfig` fields from an HF `preprocessor_config.json`, if there is one."""
+  f = directory / _HF_PREPROCESSOR
+  if not f.is_file():
+    return {}
+  pp = json.loads(f.read_text())
+  out: dict[str, Any] = {}
+  if "image_mean" in pp:
+    out["image_mean"] = tuple(pp["image_mean"])
+  if "image_std" in pp:
+    out["image_std"] = tuple(pp["image_std"])
+  if "resample" in pp:
+    if pp["resample"] not in _HF_RESAMPLE:
+      raise CheckpointError(
+        f"{f}: resample={pp['resample']!r} is not supported ({_HF_RESAMPLE} as PIL enums)"
+      )
+    out["interpolation"] = _HF_RESAMPLE[pp["resample"]]
+  size = pp.get("size")
+  if isinstance(size, dict) and "shortest_edge" not in size:
+    out["resize_mode"] = "squash"
+  return out
+
+
 def _infer_hf(
-  state: dict[str, Any], directory: pathlib.Path, where: str, overrides: dict[str, Any]
+  state: dict[str, Any],
+  directory: pathlib.Path,
+  metadata: dict[str, str],
+  where: str,
+  overrides: dict[str, Any],
 ) -> CLIPConfig:
-  del overrides  # heads always come from config.json; overrides are applied by the caller
+  del metadata, overrides  # everything comes from config.json; overrides are applied later
   f = directory / _HF_CONFIG
   if not f.is_file():
     raise CheckpointError(
@@ -571,6 +693,7 @@ def _infer_hf(
       layers=_n_blocks(state, _BLOCK_PREFIXES["visual"][2]),
       heads=int(vcfg.get("num_attention_heads", 12)),
       mlp_dim=_shape(state, vblock, where)[0],
+      **_hf_preprocess(directory),
     ),
     text=TextConfig(
       vocab_size=vocab,
@@ -631,13 +754,15 @@ def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[CLIPConf
   Args:
     path: see `read_state_dict`.
     **overrides: `CLIPConfig` overrides applied to the inferred config before the key
-      accounting (e.g. `**{"vision.heads": 2, "dtype": "bfloat16"}`).
+      accounting (e.g. `**{"vision.heads": 2, "dtype": "bfloat16"}`); `act` is required when
+      the file does not declare its activation (module docstring).
 
   Returns:
     (config, params): params is a nested dict of float32 numpy arrays in the clipjax layout.
 
   Raises:
-    CheckpointError: unsupported file, or missing / unused / mis-shaped keys (all listed).
+    CheckpointError: unsupported file, an undeclared activation without `act`, or missing /
+      unused / mis-shaped keys (all listed).
   """
   state, directory = read_state_dict(path)
   where = str(path)
@@ -645,7 +770,8 @@ def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[CLIPConf
     state = {k[len("module.") :]: v for k, v in state.items()}  # saved from DistributedDataParallel
   layout = detect_layout(state, where)
   infer = _infer_hf if layout == "hf" else _infer_openai
-  config = get_config(infer(state, directory, where, overrides), **overrides)
+  inferred = infer(state, directory, _header_metadata(path), where, overrides)
+  config = get_config(inferred, **overrides)
   return config, _convert_in(state, config, layout, where)
 
 
@@ -710,7 +836,34 @@ def _openclip_config_json(config: CLIPConfig) -> dict[str, Any]:
   }
   if config.logit_bias_init is not None:
     model_cfg["init_logit_bias"] = config.logit_bias_init
-  return {"model_cfg": model_cfg}
+  preprocess_cfg = {
+    "mean": list(v.image_mean),
+    "std": list(v.image_std),
+    "interpolation": v.interpolation,
+    "resize_mode": v.resize_mode,
+  }
+  return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+
+
+def _hf_preprocessor_json(config: CLIPConfig) -> dict[str, Any]:
+  v = config.vision
+  shortest = v.resize_mode == "shortest"
+  return {
+    "image_processor_type": "CLIPImageProcessor",
+    "do_resize": True,
+    "size": {"shortest_edge": v.image_size}
+    if shortest
+    else {"height": v.image_size, "width": v.image_size},
+    "resample": {name: code for code, name in _HF_RESAMPLE.items()}[v.interpolation],
+    "do_center_crop": shortest,
+    "crop_size": {"height": v.image_size, "width": v.image_size},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": list(v.image_mean),
+    "image_std": list(v.image_std),
+    "do_convert_rgb": True,
+  }
 
 
 def _export_checks(config: CLIPConfig, layout: str) -> None:
@@ -768,10 +921,11 @@ def export(
   Args:
     params: clipjax params for `config` (arrays of any float dtype; written as float32).
     config: the model config.
-    path: 'openai': a `.safetensors` file (weights only), or a directory that receives
-      `open_clip_model.safetensors` + `open_clip_config.json` (opens with
-      `open_clip.create_model("local-dir:PATH")`). 'hf': a directory that receives
-      `model.safetensors` + `config.json` (opens with `CLIPModel.from_pretrained(PATH)`).
+    path: 'openai': a `.safetensors` file (open_clip's config JSON goes into its header under
+      `open_clip_config`), or a directory that receives `open_clip_model.safetensors` +
+      `open_clip_config.json` (opens with `open_clip.create_model("local-dir:PATH")`).
+      'hf': a directory that receives `model.safetensors`, `config.json` and
+      `preprocessor_config.json` (opens with `CLIPModel.from_pretrained(PATH)`).
     layout: 'openai' or 'hf'.
     overwrite: replace existing files (each file is written atomically).
 
@@ -811,20 +965,27 @@ def export(
       tensors[key] = np.array(x, order="C", copy=None)
 
   path = pathlib.Path(path)
-  if layout == "openai" and path.suffix == ".safetensors":
-    weights, side = path, None
-  else:
-    if path.suffix:
-      raise ValueError(f"{path}: the {layout!r} layout is written into a directory, not a file")
-    name = _HF_WEIGHTS if layout == "hf" else _OPENCLIP_WEIGHTS[0]
-    side_json = _hf_config_json(config) if layout == "hf" else _openclip_config_json(config)
-    side_name = _HF_CONFIG if layout == "hf" else _OPENCLIP_CONFIG
-    weights, side = path / name, (path / side_name, side_json)
-  weights.parent.mkdir(parents=True, exist_ok=True)
   # `format: pt` lets transformers' `from_pretrained` accept the file.
-  _atomic_write(weights, lambda f: save_file(tensors, f, metadata={"format": "pt"}), overwrite)
-  if side is not None:
-    side_path, side_json = side
+  metadata = {"format": "pt"}
+  sides: list[tuple[pathlib.Path, dict[str, Any]]] = []
+  if layout == "openai" and path.suffix == ".safetensors":
+    # A single file has no side-car: its header keeps the config (activation, preprocessing).
+    weights = path
+    metadata[_HEADER_KEY] = json.dumps(_openclip_config_json(config))
+  elif path.suffix:
+    raise ValueError(f"{path}: the {layout!r} layout is written into a directory, not a file")
+  elif layout == "hf":
+    weights = path / _HF_WEIGHTS
+    sides = [
+      (path / _HF_CONFIG, _hf_config_json(config)),
+      (path / _HF_PREPROCESSOR, _hf_preprocessor_json(config)),
+    ]
+  else:
+    weights = path / _OPENCLIP_WEIGHTS[0]
+    sides = [(path / _OPENCLIP_CONFIG, _openclip_config_json(config))]
+  weights.parent.mkdir(parents=True, exist_ok=True)
+  _atomic_write(weights, lambda f: save_file(tensors, f, metadata=metadata), overwrite)
+  for side_path, side_json in sides:
     text = json.dumps(side_json, indent=2) + "\n"
-    _atomic_write(side_path, lambda f: pathlib.Path(f).write_text(text), overwrite)
+    _atomic_write(side_path, lambda f, text=text: pathlib.Path(f).write_text(text), overwrite)
   return weights

@@ -10,8 +10,22 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["VARIANTS", "CLIPConfig", "TextConfig", "VisionConfig", "get_config"]
+__all__ = [
+  "INTERPOLATIONS",
+  "OPENAI_MEAN",
+  "OPENAI_STD",
+  "RESIZE_MODES",
+  "VARIANTS",
+  "CLIPConfig",
+  "TextConfig",
+  "VisionConfig",
+  "get_config",
+]
 
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+INTERPOLATIONS = ("bicubic", "bilinear")
+RESIZE_MODES = ("shortest", "squash")
 _POOLS = ("cls", "mean")
 _POS_EMBEDS = ("learned", "learned+sincos2d")
 _ACTS = ("quick_gelu", "gelu")
@@ -43,6 +57,12 @@ class VisionConfig:
       ln_post).
     pos_embed: 'learned' or 'learned+sincos2d' (adds a fixed 2-D sin-cos table to the learned
       one; the class token gets zeros).
+    image_mean: per-channel RGB mean subtracted from pixels in [0, 1] (OpenAI's by default;
+      imported checkpoints bring their own, e.g. open_clip's `preprocess_cfg`).
+    image_std: per-channel RGB standard deviation the pixels are divided by.
+    interpolation: resampling filter of the eval resize, 'bicubic' or 'bilinear' (PIL).
+    resize_mode: eval resize, as open_clip's `resize_mode`: 'shortest' (shorter side to
+      image_size, then centre crop) or 'squash' (both sides to image_size).
   """
 
   image_size: int = 224
@@ -53,10 +73,28 @@ class VisionConfig:
   mlp_dim: int = 3072
   pool: str = "cls"
   pos_embed: str = "learned"
+  image_mean: tuple[float, float, float] = OPENAI_MEAN
+  image_std: tuple[float, float, float] = OPENAI_STD
+  interpolation: str = "bicubic"
+  resize_mode: str = "shortest"
 
   def __post_init__(self):
     for name in ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim"):
       _check_positive(f"vision.{name}", getattr(self, name))
+    for name in ("image_mean", "image_std"):
+      value = getattr(self, name)
+      try:
+        value = tuple(float(v) for v in value)
+      except (TypeError, ValueError):
+        value = ()
+      if len(value) != 3 or (name == "image_std" and min(value) <= 0):
+        raise ValueError(
+          f"vision.{name}={getattr(self, name)!r} must be 3 floats (RGB)"
+          + (", all > 0" if name == "image_std" else "")
+        )
+      object.__setattr__(self, name, value)  # lists from JSON configs become hashable tuples
+    _check_choice("vision.interpolation", self.interpolation, INTERPOLATIONS)
+    _check_choice("vision.resize_mode", self.resize_mode, RESIZE_MODES)
     if self.image_size % self.patch_size:
       raise ValueError(
         f"vision.image_size={self.image_size} is not divisible by "

@@ -18,6 +18,7 @@ HF_DIR = FIXTURES / "hf"
 OC_DIR = FIXTURES / "openclip"
 OC_FILE = OC_DIR / "open_clip_model.safetensors"
 HEADS = {"vision.heads": 2, "text.heads": 2}
+BARE = {**HEADS, "act": "quick_gelu"}  # what a bare OpenAI-layout file cannot tell
 
 
 def _assert_bit_equal(a: dict, b: dict) -> None:
@@ -98,7 +99,7 @@ def test_heads_need_config_or_override(tmp_path):
   bare = shutil.copy(OC_FILE, tmp_path / "bare.safetensors")  # no open_clip_config.json beside it
   with pytest.raises(convert.CheckpointError, match=r"vision heads for width 32.*vision\.heads"):
     convert.load_checkpoint(bare)
-  config, params = convert.load_checkpoint(bare, **HEADS)
+  config, params = convert.load_checkpoint(bare, **BARE)
   config_dir, params_dir = convert.load_checkpoint(OC_DIR)
   assert config == config_dir
   _assert_bit_equal(params, params_dir)
@@ -118,7 +119,7 @@ def test_malformed_openai_lists_every_problem(tmp_path):
   state["transformer.resblocks.0.mlp.c_fc.bias"] = np.zeros(127, np.float32)
   path = _write(tmp_path, state)
   with pytest.raises(convert.CheckpointError) as info:
-    convert.load_checkpoint(path, **HEADS)
+    convert.load_checkpoint(path, **BARE)
   msg = str(info.value)
   assert str(path) in msg
   assert "missing keys (2)" in msg and "unused keys (1)" in msg and "shape mismatches (1)" in msg
@@ -154,8 +155,8 @@ def test_malformed_hf_lists_every_problem(tmp_path):
 def test_known_buffers_are_ignored(tmp_path):
   state = load_file(str(OC_FILE))
   state["attn_mask"] = np.triu(np.full((16, 16), -np.inf, np.float32), 1)
-  _, params = convert.load_checkpoint(_write(tmp_path, state), **HEADS)
-  _, ref = convert.load_checkpoint(OC_FILE, **HEADS)
+  _, params = convert.load_checkpoint(_write(tmp_path, state), **BARE)
+  _, ref = convert.load_checkpoint(OC_FILE, **BARE)
   _assert_bit_equal(params, ref)
   d = tmp_path / "hf"
   shutil.copytree(HF_DIR, d)
@@ -174,8 +175,8 @@ def test_half_precision_files_load_as_float32(tmp_path):
   state = load_file(str(OC_FILE))
   bf16, f16 = ml_dtypes.bfloat16, np.float16
   half = {k: v.astype(bf16 if k.startswith("visual") else f16) for k, v in state.items()}
-  _, params = convert.load_checkpoint(_write(tmp_path, half), **HEADS)
-  _, ref = convert.load_checkpoint(OC_FILE, **HEADS)
+  _, params = convert.load_checkpoint(_write(tmp_path, half), **BARE)
+  _, ref = convert.load_checkpoint(OC_FILE, **BARE)
   flat, flat_ref = dict(tree.flatten_with_names(params)), dict(tree.flatten_with_names(ref))
   for k, x in flat.items():
     cast = bf16 if k.startswith("visual") else f16
@@ -185,8 +186,8 @@ def test_half_precision_files_load_as_float32(tmp_path):
 
 def test_data_parallel_prefix_is_stripped(tmp_path):
   state = {f"module.{k}": v for k, v in load_file(str(OC_FILE)).items()}
-  _, params = convert.load_checkpoint(_write(tmp_path, state), **HEADS)
-  _, ref = convert.load_checkpoint(OC_FILE, **HEADS)
+  _, params = convert.load_checkpoint(_write(tmp_path, state), **BARE)
+  _, ref = convert.load_checkpoint(OC_FILE, **BARE)
   _assert_bit_equal(params, ref)
 
 
@@ -212,14 +213,51 @@ def test_hf_dir_needs_config_json(tmp_path):
     convert.load_checkpoint(tmp_path)
 
 
+def test_activation_is_declared_by_the_file_or_refused(tmp_path):
+  bare = shutil.copy(OC_FILE, tmp_path / "bare.safetensors")
+  with pytest.raises(convert.CheckpointError, match=r"cannot tell the MLP activation.*act='gelu'"):
+    convert.load_checkpoint(bare, **HEADS)
+  assert convert.load_checkpoint(bare, **HEADS, act="gelu")[0].act == "gelu"
+  # OpenAI's release carries its bookkeeping scalars: QuickGELU without being told.
+  state = load_file(str(OC_FILE))
+  scalars = {"input_resolution": 32, "context_length": 16, "vocab_size": 1000}
+  state.update({k: np.array(v, np.int64) for k, v in scalars.items()})
+  openai = _write(tmp_path, state, "openai.safetensors")
+  assert convert.load_checkpoint(openai, **HEADS)[0].act == "quick_gelu"
+  # open_clip's config without `quick_gelu` means GELU, open_clip's default.
+  d = tmp_path / "oc"
+  d.mkdir()
+  shutil.copy(OC_FILE, d / "open_clip_model.safetensors")
+  cfg = json.loads((OC_DIR / "open_clip_config.json").read_text())
+  del cfg["model_cfg"]["quick_gelu"]
+  (d / "open_clip_config.json").write_text(json.dumps(cfg))
+  assert convert.load_checkpoint(d)[0].act == "gelu"
+
+
+@pytest.mark.parametrize("act", ["gelu", "quick_gelu"])
+def test_single_file_export_keeps_activation_and_preprocessing(tmp_path, act):
+  config, params = convert.load_checkpoint(OC_DIR)
+  config = get_config(config, act=act, **{"vision.image_mean": (0.5, 0.4, 0.3)})
+  f = convert.export(params, config, tmp_path / "m.safetensors")
+  assert convert.load_checkpoint(f)[0] == config
+
+
 def test_open_clip_side_config_is_read(tmp_path):
   shutil.copy(OC_FILE, tmp_path / "open_clip_model.safetensors")
   cfg = json.loads((OC_DIR / "open_clip_config.json").read_text())
   cfg["model_cfg"]["quick_gelu"] = False
   cfg["model_cfg"]["vision_cfg"]["pool_type"] = "avg"
+  cfg["preprocess_cfg"] = {"mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
   (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
   config, _ = convert.load_checkpoint(tmp_path)
   assert (config.act, config.vision.pool) == ("gelu", "mean")
+  v = config.vision
+  assert (v.image_mean, v.image_std, v.interpolation) == ((0.5,) * 3, (0.25,) * 3, "bilinear")
+  cfg["preprocess_cfg"]["resize_mode"] = "longest"
+  (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+  with pytest.raises(convert.CheckpointError, match="resize_mode='longest'"):
+    convert.load_checkpoint(tmp_path)
+  del cfg["preprocess_cfg"]
   cfg["model_cfg"]["vision_cfg"]["ls_init_value"] = 1e-5
   (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
   with pytest.raises(convert.CheckpointError, match=r"vision_cfg\.ls_init_value"):

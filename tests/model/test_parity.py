@@ -1,7 +1,9 @@
 """Parity with HF transformers and open_clip on committed tiny fixtures (no torch needed).
 
 The fixtures (`tests/fixtures/parity/`, written by `scripts/make_parity_fixtures.py`) hold tiny
-random checkpoints in both layouts together with inputs and the reference libraries' outputs.
+random checkpoints in both layouts together with inputs and the reference libraries' outputs:
+HF (QuickGELU), open_clip with `quick_gelu: true`, open_clip's default GELU with its own mean/std,
+and OpenAI's bare-file layout. Each loads with no flag.
 """
 
 import dataclasses
@@ -13,6 +15,7 @@ import pytest
 import clipjax.model
 from clipjax import tree
 from clipjax.model import convert
+from clipjax.model.variants import OPENAI_MEAN, OPENAI_STD
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 TOL = 1e-5
@@ -25,10 +28,21 @@ def _outputs(model, params, io):
   return img, txt, np.asarray(logits)
 
 
-@pytest.mark.parametrize("name", ["hf", "openclip"])
+# checkpoint, reference outputs, expected activation
+CASES = {
+  "hf": ("hf", "hf", "quick_gelu"),
+  "openclip": ("openclip", "openclip", "quick_gelu"),
+  "openclip_gelu": ("openclip_gelu", "openclip_gelu", "gelu"),
+  "openai": ("openai.safetensors", "openai", "quick_gelu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_reference(name):
-  io = np.load(FIXTURES / f"{name}_io.npz")
-  model = clipjax.model.load(FIXTURES / name)
+  path, refs, act = CASES[name]
+  io = np.load(FIXTURES / f"{refs}_io.npz")
+  model = clipjax.model.load(FIXTURES / path)
+  assert model.config.act == act
   img, txt, logits = _outputs(model, model.params, io)
   np.testing.assert_allclose(img.emb, io["image_emb"], rtol=0, atol=TOL)
   np.testing.assert_allclose(txt.emb, io["text_emb"], rtol=0, atol=TOL)
@@ -41,17 +55,32 @@ def test_matches_reference(name):
 
 
 @pytest.mark.parametrize(
-  "overrides",
-  [{"act": "gelu"}, {"vision.heads": 1, "text.heads": 1}, {"ln_eps": 1e-3}],
-  ids=["gelu", "one_head", "ln_eps"],
+  ("name", "overrides"),
+  [
+    ("hf", {"act": "gelu"}),
+    ("hf", {"vision.heads": 1, "text.heads": 1}),
+    ("hf", {"ln_eps": 1e-3}),
+    ("openclip_gelu", {"act": "quick_gelu"}),
+  ],
+  ids=["gelu", "one_head", "ln_eps", "quick_gelu"],
 )
-def test_fixture_detects_wrong_hyperparameters(overrides):
-  """The fixture is sensitive to the details a converter could get wrong."""
-  io = np.load(FIXTURES / "hf_io.npz")
-  model = clipjax.model.load(FIXTURES / "hf", **overrides)
+def test_fixture_detects_wrong_hyperparameters(name, overrides):
+  """The fixtures are sensitive to the details a converter could get wrong."""
+  io = np.load(FIXTURES / f"{name}_io.npz")
+  model = clipjax.model.load(FIXTURES / name, **overrides)
   img, txt, _ = _outputs(model, model.params, io)
   assert np.abs(np.asarray(img.emb) - io["image_emb"]).max() > 10 * TOL
   assert np.abs(np.asarray(txt.emb) - io["text_emb"]).max() > 10 * TOL
+
+
+def test_gelu_fixture_needs_its_own_mean_and_std():
+  io = np.load(FIXTURES / "openclip_gelu_io.npz")
+  model = clipjax.model.load(FIXTURES / "openclip_gelu")
+  assert model.config.vision.image_mean != OPENAI_MEAN
+  openai_norm = {"vision.image_mean": OPENAI_MEAN, "vision.image_std": OPENAI_STD}
+  wrong = clipjax.model.load(FIXTURES / "openclip_gelu", **openai_norm)
+  img = wrong.encode_image(wrong.params, io["pixels_bhwc"])
+  assert np.abs(np.asarray(img.emb) - io["image_emb"]).max() > 10 * TOL
 
 
 @pytest.mark.parametrize("variant", ["tiny", "ViT-B/32"])
