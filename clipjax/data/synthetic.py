@@ -6,6 +6,18 @@ colour, on a grey background with light noise. Captions come from ten templates 
 every attribute, so a caption can be parsed back (`parse_caption`). Everything is deterministic
 by ``(seed, split, index)``.
 
+Options (all off by default; the default world is unchanged by them), each with ground truth:
+
+* ``second_object=True``: a tiny second object (its own colour and shape, in another cell) that
+  the caption names after ``DETAIL_SEP``, so a caption tells individual images apart, not only
+  classes (``attributes(i)`` holds the second object's colour, shape and cell).
+* ``long_tail=r``: colour+shape combinations follow an exponential profile whose most and
+  least frequent classes differ by the factor ``r``; ``class_prior(name)`` gives the exact prior
+  of each label set for that split.
+* ``label_templates="rich"``: twelve prompt templates per label set instead of three; with all
+  seven shapes and eleven colours (``shapes=SHAPES, colours=tuple(COLOURS)``) the colour+shape
+  label set then has 77 classes x 12 descriptions, more than a tiny model's embedding width.
+
 Splits: ``train`` never contains the held-out colour+shape combinations; ``val`` and ``test``
 draw uniformly from all combinations, so held-out accuracy can be reported separately
 (``label_sets["colour+shape"].held_out``).
@@ -71,6 +83,94 @@ CAPTION_TEMPLATES = (
   "a drawing of a {size} {shape}, {colour}, {pos}",
 )
 
+_LABEL_TEMPLATES_RICH = {
+  "colour": (
+    "a {} shape.",
+    "something {}.",
+    "one {} object in the picture.",
+    "a {} thing.",
+    "the colour {}.",
+    "a picture of something {}.",
+    "an object coloured {}.",
+    "a {} figure.",
+    "a drawing of something {}.",
+    "one {} item on a grey background.",
+    "a small or large {} shape.",
+    "the object is {}.",
+  ),
+  "shape": (
+    "a {}.",
+    "a photo of a {}.",
+    "one {} in the picture.",
+    "a drawing of a {}.",
+    "the shape of a {}.",
+    "a single {}.",
+    "a {} on a grey background.",
+    "there is a {} here.",
+    "a coloured {}.",
+    "an image of one {}.",
+    "a small or large {}.",
+    "the object is a {}.",
+  ),
+  "size": (
+    "a {} shape.",
+    "one {} object.",
+    "something {} in the picture.",
+    "a {} figure.",
+    "the object is {}.",
+    "a {} thing.",
+    "a picture of something {}.",
+    "one {} item.",
+    "a {} drawing.",
+    "something {} on a grey background.",
+    "the shape is {}.",
+    "a {} coloured shape.",
+  ),
+  "position": (
+    "a shape in the {}.",
+    "something in the {}.",
+    "one object placed in the {}.",
+    "an object at the {}.",
+    "the {} holds a shape.",
+    "a figure in the {}.",
+    "a thing in the {}.",
+    "a picture with something in the {}.",
+    "the shape sits in the {}.",
+    "one item in the {}.",
+    "a coloured shape in the {}.",
+    "the object is in the {}.",
+  ),
+  "colour+shape": (
+    "one {}.",
+    "a picture of one {}.",
+    "there is one {} in the image.",
+    "a {}.",
+    "a photo of a {}.",
+    "a drawing of a {}.",
+    "the shape is a {}.",
+    "a single {}.",
+    "a {} on a grey background.",
+    "an image of a {}.",
+    "a small or large {}.",
+    "the object: a {}.",
+  ),
+  "fill": (
+    "a {} shape.",
+    "one {} object.",
+    "something {} in the picture.",
+    "a {} figure.",
+    "the object is {}.",
+    "a {} thing.",
+    "a picture of something {}.",
+    "one {} item.",
+    "a {} drawing.",
+    "something {} on a grey background.",
+    "the shape is {}.",
+    "a {} coloured shape.",
+  ),
+}
+"""Twelve prompts per label set (``label_templates="rich"``), the first three as the default."""
+
 _LABEL_TEMPLATES = {
   "colour": ("a {} shape.", "something {}.", "one {} object in the picture."),
   "shape": ("a {}.", "a photo of a {}.", "one {} in the picture."),
@@ -80,9 +180,13 @@ _LABEL_TEMPLATES = {
   "fill": ("a {} shape.", "one {} object.", "something {} in the picture."),
 }
 
+DETAIL_SEP = "; beside it a tiny "
+"""Separates a caption's main object from the second object (``second_object=True``)."""
 SPLITS = ("train", "val", "test")
 _DEFAULT_LENGTH = {"train": 1_000_000, "val": 2_000, "test": 2_000}
 _NOISE_BANK = 4
+SECOND_OBJECT_SIZE = 0.08
+"""Radius of the second object (``second_object=True``) as a fraction of the image side."""
 _CELL_CENTRES = (0.2, 0.5, 0.8)
 """Grid-cell centres as fractions of the image side (inset so large shapes stay inside)."""
 _TEMPLATE_RES = 256
@@ -137,6 +241,10 @@ class Attributes:
   position: int
   fill: int
   template: int
+  second_colour: int = -1
+  second_shape: int = -1
+  second_position: int = -1
+  """The second object (``second_object=True``), else -1."""
 
 
 class SyntheticShapes:
@@ -154,6 +262,9 @@ class SyntheticShapes:
     num_held_out: number of colour+shape combinations kept out of train (ignored if `held_out`).
     held_out: explicit held-out (colour, shape) name pairs.
     noise_std: standard deviation of the additive pixel noise (0–255 scale).
+    second_object: add a tiny second object, named in the caption (module docstring).
+    long_tail: head/tail frequency ratio of the colour+shape classes (1: uniform).
+    label_templates: "default" (three prompts per label set) or "rich" (twelve).
   """
 
   def __init__(
@@ -170,6 +281,9 @@ class SyntheticShapes:
     num_held_out: int = 5,
     held_out: Sequence[tuple[str, str]] | None = None,
     noise_std: float = 4.0,
+    second_object: bool = False,
+    long_tail: float = 1.0,
+    label_templates: str = "default",
   ):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -188,6 +302,10 @@ class SyntheticShapes:
       raise ValueError(f"fills must be empty or name at least two fills, got {list(fills)}")
     if image_size < 16:
       raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if not long_tail >= 1.0:
+      raise ValueError(f"long_tail is a head/tail ratio and must be >= 1, got {long_tail}")
+    if label_templates not in ("default", "rich"):
+      raise ValueError(f"label_templates must be 'default' or 'rich', got {label_templates!r}")
     self.split = split
     self.image_size = int(image_size)
     self.seed = int(seed)
@@ -196,6 +314,9 @@ class SyntheticShapes:
     self.sizes = tuple(sizes)
     self.fills = tuple(fills)
     self.noise_std = float(noise_std)
+    self.second_object = bool(second_object)
+    self.long_tail = float(long_tail)
+    self._label_templates = _LABEL_TEMPLATES_RICH if label_templates == "rich" else _LABEL_TEMPLATES
     self._len = int(_DEFAULT_LENGTH[split] if num_examples is None else num_examples)
     self._split_id = SPLITS.index(split)
     n_col, n_shp = len(self.colours), len(self.shapes)
@@ -220,6 +341,17 @@ class SyntheticShapes:
     self._seen = np.array([k for k in range(n_col * n_shp) if k not in set(combos)], np.int64)
     if self._seen.size == 0:
       raise ValueError("every colour+shape combination is held out; nothing to train on")
+    # The combinations this split draws from and their probabilities. Without a long tail it
+    # draws with `rng.integers` (the original world, bit for bit); with one, by inverse CDF over
+    # an exponential profile whose class order is a seeded permutation (head and tail classes
+    # are the same in every split of one world).
+    self._combos = self._seen if split == "train" else np.arange(n_col * n_shp, dtype=np.int64)
+    self._cdf = None
+    if self.long_tail > 1.0:
+      order = np.random.default_rng((self.seed, 15485863)).permutation(n_col * n_shp)
+      rank = np.argsort(order)[self._combos]
+      w = self.long_tail ** (-rank / max(n_col * n_shp - 1, 1))
+      self._cdf = np.cumsum(w / w.sum())
 
     s = self.image_size
     coords = np.arange(s, dtype=np.float32) + 0.5
@@ -254,22 +386,42 @@ class SyntheticShapes:
     n_shp = len(self.shapes)
     return [(self.colours[k // n_shp], self.shapes[k % n_shp]) for k in self._held_out]
 
+  def class_prior(self, name: str) -> np.ndarray:
+    """The exact class probabilities of label set `name` in this split ([num_classes])."""
+    n_col, n_shp = len(self.colours), len(self.shapes)
+    combo_p = np.zeros(n_col * n_shp)
+    if self._cdf is None:
+      combo_p[self._combos] = 1.0 / self._combos.size
+    else:
+      combo_p[self._combos] = np.diff(self._cdf, prepend=0.0)
+    uniform = {"size": len(self.sizes), "position": len(POSITIONS), "fill": len(self.fills)}
+    if name == "colour+shape":
+      return combo_p
+    if name == "colour":
+      return combo_p.reshape(n_col, n_shp).sum(1)
+    if name == "shape":
+      return combo_p.reshape(n_col, n_shp).sum(0)
+    if name in uniform and uniform[name]:
+      return np.full(uniform[name], 1.0 / uniform[name])
+    raise KeyError(f"no label set {name!r} in {self.name}; known: {sorted(self.label_sets)}")
+
   @property
   def label_sets(self) -> dict[str, LabelSet]:
+    tmpl = self._label_templates
     sets = {
-      "colour": LabelSet("colour", list(self.colours), list(_LABEL_TEMPLATES["colour"])),
-      "shape": LabelSet("shape", list(self.shapes), list(_LABEL_TEMPLATES["shape"])),
-      "size": LabelSet("size", list(self.sizes), list(_LABEL_TEMPLATES["size"])),
-      "position": LabelSet("position", list(POSITIONS), list(_LABEL_TEMPLATES["position"])),
+      "colour": LabelSet("colour", list(self.colours), list(tmpl["colour"])),
+      "shape": LabelSet("shape", list(self.shapes), list(tmpl["shape"])),
+      "size": LabelSet("size", list(self.sizes), list(tmpl["size"])),
+      "position": LabelSet("position", list(POSITIONS), list(tmpl["position"])),
       "colour+shape": LabelSet(
         "colour+shape",
         [f"{c} {s}" for c in self.colours for s in self.shapes],
-        list(_LABEL_TEMPLATES["colour+shape"]),
+        list(tmpl["colour+shape"]),
         held_out=self._held_out,
       ),
     }
     if self.fills:
-      sets["fill"] = LabelSet("fill", list(self.fills), list(_LABEL_TEMPLATES["fill"]))
+      sets["fill"] = LabelSet("fill", list(self.fills), list(tmpl["fill"]))
     return sets
 
   def _check_index(self, index: int) -> int:
@@ -282,18 +434,31 @@ class SyntheticShapes:
 
   def _sample_attributes(self, rng: np.random.Generator) -> Attributes:
     n_shp = len(self.shapes)
-    if self.split == "train":
+    if self._cdf is not None:
+      combo = int(self._combos[min(np.searchsorted(self._cdf, rng.random()), self._cdf.size - 1)])
+    elif self.split == "train":
       combo = int(self._seen[rng.integers(self._seen.size)])
     else:
       combo = int(rng.integers(len(self.colours) * n_shp))
     u = rng.random(4)
+    position = int(u[1] * len(POSITIONS))
+    second = {}
+    if self.second_object:
+      v = rng.random(3)
+      cell = int(v[2] * (len(POSITIONS) - 1))
+      second = {
+        "second_colour": int(v[0] * len(self.colours)),
+        "second_shape": int(v[1] * n_shp),
+        "second_position": cell + (cell >= position),  # any cell but the main object's
+      }
     return Attributes(
       colour=combo // n_shp,
       shape=combo % n_shp,
       size=int(u[0] * len(self.sizes)),
-      position=int(u[1] * len(POSITIONS)),
+      position=position,
       fill=int(u[2] * len(self.fills)) if self.fills else 0,
       template=int(u[3] * len(CAPTION_TEMPLATES)),
+      **second,
     )
 
   def _words(self, a: Attributes) -> dict[str, str]:
@@ -313,6 +478,12 @@ class SyntheticShapes:
     if captions is None:
       words = self._words(a)
       captions = [_fix_articles(t.format(**words)) for t in CAPTION_TEMPLATES]
+      if a.second_shape >= 0:
+        detail = (
+          f"{DETAIL_SEP}{self.colours[a.second_colour]} {self.shapes[a.second_shape]}"
+          f" in the {POSITIONS[a.second_position]}"
+        )
+        captions = [c + detail for c in captions]
       self._caption_cache[key] = captions
     labels = {
       "colour": a.colour,
@@ -355,16 +526,7 @@ class SyntheticShapes:
     cy = (_CELL_CENTRES[row] + 0.06 * (j[1] - 0.5)) * s
     radius = SIZES[self.sizes[a.size]] * s * (0.92 + 0.16 * j[2])
     angle = math.radians(30.0 * (j[3] - 0.5))
-    # Template pixel of each image pixel: rotate (x - cx, cy - y) / radius by -angle.
-    k = _TEMPLATE_RES / (2.0 * _TEMPLATE_EXTENT * radius)
-    ca, sa = math.cos(angle) * k, math.sin(angle) * k
-    off = _TEMPLATE_RES / 2.0
-    col_t = ca * self._xx + sa * self._yy + (off - ca * cx - sa * cy)
-    row_t = ca * self._yy - sa * self._xx + (off + sa * cx - ca * cy)
-    last = _TEMPLATE_RES - 1
-    col_i = np.clip(col_t, 0, last).astype(np.intp)
-    row_i = np.clip(row_t, 0, last).astype(np.intp)
-    mask_f = self._templates[self.shapes[a.shape]].take(row_i * _TEMPLATE_RES + col_i)
+    mask_f, row_i, col_i = self._mask(self.shapes[a.shape], cx, cy, radius, angle)
 
     colour = np.asarray(COLOURS[self.colours[a.colour]], np.float32)
     colour = colour + 36.0 * (j[4:7].astype(np.float32) - 0.5)
@@ -386,25 +548,64 @@ class SyntheticShapes:
     else:
       np.multiply(mask_f[None], (colour - grey)[:, None, None], out=img_chw)
       img_chw += base[None]
+    if a.second_shape >= 0:
+      row2, col2 = divmod(a.second_position, 3)
+      mask2, _, _ = self._mask(
+        self.shapes[a.second_shape],
+        _CELL_CENTRES[col2] * s,
+        _CELL_CENTRES[row2] * s,
+        SECOND_OBJECT_SIZE * s,
+        0.0,
+      )
+      colour2 = np.asarray(COLOURS[self.colours[a.second_colour]], np.float32)
+      img_chw += mask2[None] * (colour2[:, None, None] - img_chw)
     np.clip(img_chw, 0.0, 255.0, out=img_chw)
     return np.ascontiguousarray(img_chw.astype(np.uint8).transpose(1, 2, 0))
+
+  def _mask(
+    self, shape: str, cx: float, cy: float, radius: float, angle: float
+  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[s, s] float mask of `shape` centred at pixel (cx, cy), rotated by `angle` radians, and
+    the template row and column [s, s] that each pixel reads."""
+    # Template pixel of each image pixel: rotate (x - cx, cy - y) / radius by -angle.
+    k = _TEMPLATE_RES / (2.0 * _TEMPLATE_EXTENT * radius)
+    ca, sa = math.cos(angle) * k, math.sin(angle) * k
+    off = _TEMPLATE_RES / 2.0
+    col_t = ca * self._xx + sa * self._yy + (off - ca * cx - sa * cy)
+    row_t = ca * self._yy - sa * self._xx + (off + sa * cx - ca * cy)
+    last = _TEMPLATE_RES - 1
+    col_i = np.clip(col_t, 0, last).astype(np.intp)
+    row_i = np.clip(row_t, 0, last).astype(np.intp)
+    return self._templates[shape].take(row_i * _TEMPLATE_RES + col_i), row_i, col_i
 
 
 def parse_caption(caption: str, source: SyntheticShapes) -> dict[str, str | None]:
   """Recovers the attribute words named in a caption of `source`'s world.
 
   Returns:
-    {"colour", "shape", "size", "pos", "fill"} → the word found, or None when absent.
+    {"colour", "shape", "size", "pos", "fill"} → the word found, or None when absent; with a
+    second object (``second_object=True``) also {"second_colour", "second_shape", "second_pos"}.
   """
+  main, _, detail = caption.partition(DETAIL_SEP)
+  found = _find_words(
+    main,
+    {
+      "colour": source.colours,
+      "shape": source.shapes,
+      "size": source.sizes,
+      "pos": POSITIONS,
+      "fill": tuple(f for f in source.fills if f != "solid"),
+    },
+  )
+  if detail:
+    vocab = {"colour": source.colours, "shape": source.shapes, "pos": POSITIONS}
+    found.update({f"second_{k}": v for k, v in _find_words(detail, vocab).items()})
+  return found
+
+
+def _find_words(text: str, vocab: dict[str, Sequence[str]]) -> dict[str, str | None]:
   found: dict[str, str | None] = {}
-  vocab = {
-    "colour": source.colours,
-    "shape": source.shapes,
-    "size": source.sizes,
-    "pos": POSITIONS,
-    "fill": tuple(f for f in source.fills if f != "solid"),
-  }
   for key, words in vocab.items():
-    hits = [w for w in sorted(words, key=len, reverse=True) if re.search(rf"\b{w}\b", caption)]
+    hits = [w for w in sorted(words, key=len, reverse=True) if re.search(rf"\b{w}\b", text)]
     found[key] = hits[0] if len(hits) == 1 else None
   return found

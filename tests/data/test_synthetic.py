@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clipjax.data.digits import DIGIT_WORDS, DigitsSource
-from clipjax.data.synthetic import COLOURS, POSITIONS, SyntheticShapes, parse_caption
+from clipjax.data.synthetic import COLOURS, POSITIONS, SHAPES, SyntheticShapes, parse_caption
 
 
 def test_deterministic_by_seed_and_index():
@@ -137,3 +137,78 @@ def test_digits_without_sklearn_names_the_extra(monkeypatch):
   monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
   with pytest.raises(ImportError, match=r"pip install clipjax\[digits\]"):
     DigitsSource("train")
+
+
+def test_world_options_leave_the_default_world_unchanged():
+  """Images and captions of the default world, pinned when the options were added."""
+  import hashlib
+
+  h = hashlib.sha256()
+  for split in ("train", "test"):
+    src = SyntheticShapes(split, image_size=48, seed=0, fills=("solid", "striped"))
+    for i in range(20):
+      ex = src[i]
+      h.update(ex["image"].tobytes())
+      h.update(ex["caption"].encode())
+  assert h.hexdigest() == "8740fba504b8f667508fe712bc59beb83147b59ada45c09386838b73890d513b"
+
+
+def test_second_object_captions_tell_images_apart_and_parse_back():
+  from clipjax.data.synthetic import SECOND_OBJECT_SIZE
+
+  plain = SyntheticShapes("test", image_size=48, seed=0, num_examples=500)
+  two = SyntheticShapes("test", image_size=48, seed=0, num_examples=500, second_object=True)
+  # Same main objects; the second object makes (almost) every caption unique.
+  assert all(plain.attributes(i).shape == two.attributes(i).shape for i in range(50))
+  caps_plain = {plain.get_text(i)["caption"] for i in range(500)}
+  caps_two = {two.get_text(i)["caption"] for i in range(500)}
+  assert len(caps_two) > len(caps_plain) and len(caps_two) >= 495
+  for i in range(40):
+    a, ex = two.attributes(i), two[i]
+    words = parse_caption(ex["caption"], two)
+    assert words["colour"] == two.colours[a.colour] and words["shape"] == two.shapes[a.shape]
+    assert words["pos"] == POSITIONS[a.position]
+    assert words["second_colour"] == two.colours[a.second_colour]
+    assert words["second_shape"] == two.shapes[a.second_shape]
+    assert words["second_pos"] == POSITIONS[a.second_position] != words["pos"]
+    # The second object is drawn in its cell, in its exact colour, at its centre pixel.
+    row, col = divmod(a.second_position, 3)
+    y, x = int((0.2 + 0.3 * row) * 48), int((0.2 + 0.3 * col) * 48)
+    np.testing.assert_array_equal(ex["image"][y, x], COLOURS[two.colours[a.second_colour]])
+  assert SECOND_OBJECT_SIZE < 0.13  # smaller than the smallest main object
+
+
+def test_long_tail_prior_is_exact_and_followed():
+  src = SyntheticShapes("test", image_size=32, seed=0, num_examples=6000, long_tail=10.0)
+  prior = src.class_prior("colour+shape")
+  assert prior.shape == (30,) and abs(prior.sum() - 1) < 1e-12
+  np.testing.assert_allclose(prior.max() / prior.min(), 10.0)
+  labels = [src.get_text(i)["labels"]["colour+shape"] for i in range(6000)]
+  counts = np.bincount(labels, minlength=30)
+  # Multinomial sampling: every class within 5 standard deviations of its expectation.
+  sd = np.sqrt(6000 * prior * (1 - prior))
+  assert np.all(np.abs(counts - 6000 * prior) < 5 * sd)
+  np.testing.assert_allclose(src.class_prior("shape"), prior.reshape(6, 5).sum(0))
+  # Train keeps the same head/tail order but never draws the held-out combinations.
+  train = SyntheticShapes("train", image_size=32, seed=0, long_tail=10.0)
+  p_train = train.class_prior("colour+shape")
+  held = list(train.label_sets["colour+shape"].held_out)
+  assert np.all(p_train[held] == 0) and abs(p_train.sum() - 1) < 1e-12
+  seen = np.setdiff1d(np.arange(30), held)
+  assert np.argmax(p_train) == seen[np.argmax(prior[seen])]
+  with pytest.raises(ValueError, match="long_tail"):
+    SyntheticShapes("test", long_tail=0.5)
+
+
+def test_rich_label_templates():
+  src = SyntheticShapes(
+    "test", image_size=32, colours=tuple(COLOURS), shapes=SHAPES, label_templates="rich"
+  )
+  ls = src.label_sets["colour+shape"]
+  assert len(ls.classnames) == 77 and len(ls.templates) == 12
+  prompts = ls.prompts()
+  assert len({p for row in prompts for p in row}) == 77 * 12
+  default = SyntheticShapes("test", image_size=32).label_sets
+  assert all(src.label_sets[k].templates[:3] == default[k].templates for k in default)
+  with pytest.raises(ValueError, match="label_templates"):
+    SyntheticShapes("test", label_templates="fancy")
