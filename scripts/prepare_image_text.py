@@ -4,7 +4,8 @@ Inputs (any mix):
   * ``.csv`` / ``.tsv`` / ``.jsonl`` tables with ``path`` and ``caption`` columns (paths relative
     to the table);
   * webdataset ``.tar`` shards in the img2dataset layout (``key.jpg`` + ``key.txt``
-    [+ ``key.json``]), or a directory holding them.
+    [+ ``key.json``]), a directory holding them, or a brace pattern as webdataset writes them
+    (``/data/cc3m/{00000..00331}.tar``; globs work too).
 
 Outputs, with ``--format clipjax`` (default): ``OUT/<prefix>-SSSSS-of-NNNNN.array_record`` in the
 clipjax record format (`clipjax.data.sources`; read with ``ArrayRecordSource(OUT)``). With
@@ -18,12 +19,13 @@ Usage:
   python scripts/prepare_image_text.py --input captions.csv --output /data/mine
   python scripts/prepare_image_text.py --input /data/cc3m_wds --output /data/cc3m_ar \
       --examples_per_shard 10000
+  python scripts/prepare_image_text.py --input '/data/cc3m_wds/{00000..00331}.tar' \
+      --output /data/cc3m_ar
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -34,14 +36,12 @@ from clipjax.data.transforms import as_uint8_rgb
 
 
 def _inputs(paths: list[str]) -> list[str]:
-  out = []
-  for p in paths:
-    if os.path.isdir(p):
-      out.extend(sorted(glob.glob(os.path.join(p, "*.tar"))))
-    else:
-      out.extend(sorted(glob.glob(p)) or [p])
+  out = [f for p in paths for f in sources.expand_pattern(p, ".tar")]
   if not out:
     raise SystemExit(f"no inputs found in {paths}")
+  missing = [f for f in out if not os.path.exists(f)]
+  if missing:
+    raise SystemExit(f"{len(missing)} inputs do not exist, e.g. {missing[:3]}")
   return out
 
 

@@ -34,7 +34,7 @@ def _array_record(image_size: int, *, paths: Any) -> Any:
   return sources.ArrayRecordSource(paths)
 
 
-def _tfds(image_size: int, *, tfds_name: str, **kw: Any) -> Any:
+def _tfds(image_size: int, *, tfds_name: str | None = None, **kw: Any) -> Any:
   del image_size
   return sources.TfdsSource(tfds_name, **kw)
 

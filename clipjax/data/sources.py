@@ -36,6 +36,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import struct
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -261,15 +262,48 @@ def decode_record(record: bytes, where: str) -> dict[str, Any]:
   }
 
 
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+  """Shell/webdataset brace expansion: ``"s-{000..002}.tar"`` -> ``s-000.tar``, ``s-001.tar``,
+  ``s-002.tar``; ``"{train,val}.csv"`` -> ``train.csv``, ``val.csv`` (several groups multiply).
+
+  A numeric range keeps the zero padding of its bounds; braces holding neither a range nor a
+  comma are left as they are.
+  """
+  for m in _BRACE.finditer(pattern):
+    body = m.group(1)
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+      lo, hi = rng.groups()
+      padded = any(len(b) > 1 and b[0] == "0" for b in (lo, hi))
+      width = max(len(lo), len(hi)) if padded else 0
+      step = 1 if int(hi) >= int(lo) else -1
+      items = [str(i).zfill(width) for i in range(int(lo), int(hi) + step, step)]
+    elif "," in body:
+      items = body.split(",")
+    else:
+      continue
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    return [x for item in items for x in expand_braces(head + item + tail)]
+  return [pattern]
+
+
+def expand_pattern(pattern: str | os.PathLike, suffix: str) -> list[str]:
+  """Files named by `pattern`: a directory (its ``*{suffix}`` files), braces, globs or a path."""
+  pattern = os.fspath(pattern)
+  if os.path.isdir(pattern):
+    return sorted(glob.glob(os.path.join(pattern, f"*{suffix}")))
+  out = []
+  for p in expand_braces(pattern):
+    out.extend(sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p])
+  return out
+
+
 def _expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
   if isinstance(paths, str | os.PathLike):
-    p = os.fspath(paths)
-    if os.path.isdir(p):
-      found = sorted(glob.glob(os.path.join(p, "*.array_record")))
-    elif any(ch in p for ch in "*?["):
-      found = sorted(glob.glob(p))
-    else:
-      found = [p]
+    found = expand_pattern(paths, ".array_record")
   else:
     found = [os.fspath(p) for p in paths]
   if not found:
@@ -406,9 +440,11 @@ class TfdsSource:
   """A TFDS dataset read with ``tfds.data_source`` (no TensorFlow needed).
 
   Image-classification datasets (cifar10, imagenet2012, …) get a label set named after the
-  label feature with the dataset's ClassLabel names (or `classnames`), and a caption made from the
-  first template. Image–text datasets (e.g. written by `clipjax.data.tfds_builder`) give their
-  text feature as caption. Images are returned as encoded bytes (``SkipDecoding``).
+  label feature with CLIP's class names and templates for that dataset (`clipjax.data.prompts`;
+  other datasets: their cleaned ClassLabel names and one generic template), unless `classnames`
+  / `templates` are given, and a caption made from the first template. Image–text datasets (e.g.
+  written by `clipjax.data.tfds_builder`) give their text feature as caption. Images are returned
+  as encoded bytes (``SkipDecoding``).
 
   Args:
     name: TFDS dataset name (``"cifar10"``, ``"cifar10:3.0.2"``); ignored if `builder_dir`.
@@ -418,8 +454,8 @@ class TfdsSource:
     image_key: image feature name.
     caption_key: text feature to use as caption (None: build captions from the label).
     label_key: ClassLabel feature name (None: no label set).
-    classnames: overrides the ClassLabel names (e.g. readable ImageNet names).
-    templates: zero-shot templates for the label set.
+    classnames: class names in label order (None: CLIP's for the dataset, see above).
+    templates: zero-shot templates for the label set (None: CLIP's for the dataset).
     skip_decoding: return images as encoded bytes for the pipeline to decode (default); False
       lets TFDS decode them to arrays (needed under ``tfds.testing.mock_data``).
   """
@@ -435,10 +471,12 @@ class TfdsSource:
     caption_key: str | None = None,
     label_key: str | None = "label",
     classnames: Sequence[str] | None = None,
-    templates: Sequence[str] = ("a photo of a {}.",),
+    templates: Sequence[str] | None = None,
     skip_decoding: bool = True,
   ):
     import tensorflow_datasets as tfds
+
+    from clipjax.data import prompts
 
     decoders = {image_key: tfds.decode.SkipDecoding()} if skip_decoding else None
     if builder_dir is not None:
@@ -463,17 +501,25 @@ class TfdsSource:
         raise KeyError(f"{self.name}: no feature {key!r}; features are {sorted(features.keys())}")
     self.label_sets: dict[str, LabelSet] = {}
     self._classnames: list[str] = []
+    if caption_key is None and label_key is None:
+      raise ValueError(f"{self.name}: need a caption_key or a label_key to make captions")
+    self._template = ""
     if label_key is not None:
-      names = list(classnames) if classnames is not None else list(features[label_key].names)
+      if classnames is None:
+        try:
+          names, clip_templates = prompts.label_set(ds_name, list(features[label_key].names))
+        except ValueError as e:
+          raise ValueError(f"{self.name}: {e}") from None
+      else:
+        names, clip_templates = list(classnames), prompts.dataset_templates(ds_name)
+      templates = list(templates) if templates is not None else clip_templates
       if len(names) != features[label_key].num_classes:
         raise ValueError(
           f"{self.name}: {len(names)} classnames for {features[label_key].num_classes} classes"
         )
-      self._classnames = [n.replace("_", " ") for n in names]
-      self.label_sets[label_key] = LabelSet(label_key, self._classnames, list(templates))
-    if caption_key is None and label_key is None:
-      raise ValueError(f"{self.name}: need a caption_key or a label_key to make captions")
-    self._template = templates[0]
+      self._classnames = names
+      self.label_sets[label_key] = LabelSet(label_key, names, templates)
+      self._template = templates[0]
 
   def __len__(self) -> int:
     return len(self._ds)

@@ -14,7 +14,6 @@ from clipjax.evaluation.linear_probe import (
   split_train_val,
 )
 from clipjax.evaluation.metrics import classification_metrics, label_ranks
-from clipjax.evaluation.prompts import IMAGENET_TEMPLATES, label_set
 from clipjax.evaluation.retrieval import (
   RetrievalFeatures,
   evaluate_retrieval,
@@ -37,7 +36,6 @@ from clipjax.evaluation.zeroshot import (
 )
 
 __all__ = [
-  "IMAGENET_TEMPLATES",
   "LogisticModel",
   "RetrievalFeatures",
   "ZeroShotClassifier",
@@ -54,7 +52,6 @@ __all__ = [
   "fit_logistic",
   "get_field",
   "label_ranks",
-  "label_set",
   "linear_probe",
   "map_batches",
   "poisoning_success_rate",

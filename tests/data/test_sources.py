@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from clipjax.data import pipeline
+from clipjax.data.registry import build_source
 from clipjax.data.sources import (
   ArrayRecordSource,
   BadRecordError,
@@ -19,6 +20,7 @@ from clipjax.data.sources import (
   TfdsSource,
   decode_record,
   encode_record,
+  expand_braces,
 )
 from clipjax.data.transforms import as_uint8_rgb
 
@@ -133,6 +135,29 @@ def test_webdataset_tar_to_array_record(tmp_path):
   _check_pairs(ArrayRecordSource(str(out / "*.array_record")), 5)
 
 
+def test_brace_patterns_expand_as_in_webdataset():
+  assert expand_braces("s-{000..002}.tar") == ["s-000.tar", "s-001.tar", "s-002.tar"]
+  assert expand_braces("{a,b}/{8..10}") == ["a/8", "a/9", "a/10", "b/8", "b/9", "b/10"]
+  assert expand_braces("{3..1}{x}") == ["3{x}", "2{x}", "1{x}"]  # no range or comma: literal
+  assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+def test_webdataset_brace_pattern_input(tmp_path):
+  for s in range(2):
+    with tarfile.open(tmp_path / f"shard-{s:03d}.tar", "w") as tar:
+      for i in range(2):
+        for name, data in ((f"{s}{i}.png", _png(_image(i))), (f"{s}{i}.txt", b"a caption")):
+          ti = tarfile.TarInfo(name)
+          ti.size = len(data)
+          tar.addfile(ti, io.BytesIO(data))
+  out = tmp_path / "ar"
+  info = _prepare()(["--input", str(tmp_path / "shard-{000..001}.tar"), "--output", str(out)])
+  assert info["written"] == 4 and len(info["inputs"]) == 2
+  assert len(ArrayRecordSource(str(out / "data-{00000..00000}-of-00001.array_record"))) == 4
+  with pytest.raises(SystemExit, match="1 inputs do not exist.*shard-002.tar"):
+    _prepare()(["--input", str(tmp_path / "shard-{000..002}.tar"), "--output", str(out)])
+
+
 def test_record_format_round_trip_and_corruption():
   rec = encode_record(b"\x01\x02img", "a caption", key="k1")
   ex = decode_record(rec, "r")
@@ -161,6 +186,9 @@ def test_tfds_builder_writes_array_record_without_tensorflow(tmp_path):
     builder_dir=info["outputs"][0], split="train", caption_key="caption", label_key=None
   )
   _check_pairs(src, 6)
+  # The documented data spec: a builder_dir needs no tfds_name.
+  spec = {"name": "tfds", "builder_dir": info["outputs"][0], "split": "train"}
+  _check_pairs(build_source({**spec, "caption_key": "caption", "label_key": None}, 32), 6)
   assert "tensorflow" not in sys.modules
 
 
@@ -173,7 +201,7 @@ def test_tfds_classification_source_with_mock_data():
     assert ls.classnames == [str(d) for d in range(10)]
     assert len(src) == 10
     ex = src[3]
-    assert ex["caption"] == f"a photo of a {ls.classnames[ex['labels']['label']]}."
+    assert ex["caption"] == f'a photo of the number: "{ls.classnames[ex["labels"]["label"]]}".'
     batches = list(
       pipeline.iterate_eval(
         src, batch_size=4, image_size=8, tokenize=lambda t: np.ones((len(t), 2), np.int32)
