@@ -14,9 +14,14 @@ from typing import Any
 import ml_collections as mlc
 
 __all__ = [
+  "QUICKSTART_STEPS",
+  "SHAPES_WORLDS",
+  "apply_shapes_recipe",
   "apply_smoke",
   "diff_configs",
   "parse_arg",
+  "shapes_context_length",
+  "shapes_world",
   "train_config",
   "validate_train_config",
 ]
@@ -206,3 +211,54 @@ def train_config() -> mlc.ConfigDict:
 
   c.stages = []  # optional [{"name", "steps", "method": {...}, "frozen": [...]}, ...]
   return c
+
+
+QUICKSTART_STEPS = 700
+"""Optimizer steps of the quickstart (about 10 minutes on 2 CPU cores; docs/results.md)."""
+
+SHAPES_WORLDS: dict[str, dict[str, Any]] = {
+  "shapes": {},
+  "distinct": {"second_object": True},
+  "longtail": {"long_tail": 10.0},
+  "many": {
+    "shapes": ("circle", "square", "triangle", "star", "cross", "diamond", "ring"),
+    "colours": (
+      "red",
+      "green",
+      "blue",
+      "yellow",
+      "purple",
+      "orange",
+      "cyan",
+      "pink",
+      "white",
+      "black",
+      "brown",
+    ),
+    "num_held_out": 7,
+    "label_templates": "rich",
+  },
+}
+"""Options of `clipjax.data.synthetic.SyntheticShapes` for each named world (configs/base.py)."""
+
+
+def shapes_world(world: str, split: str, seed: int = 0) -> dict[str, Any]:
+  """The data spec of split `split` of the named shapes world (a key of `SHAPES_WORLDS`)."""
+  if world not in SHAPES_WORLDS:
+    raise ValueError(f"Unknown world {world!r}; valid worlds: {sorted(SHAPES_WORLDS)}.")
+  return {"name": "synthetic", "split": split, "seed": seed, **SHAPES_WORLDS[world]}
+
+
+def shapes_context_length(world: str) -> int:
+  """Tokens per caption that fit every caption of the named world (with sot/eot)."""
+  return 32 if SHAPES_WORLDS[world].get("second_object") else 16
+
+
+def apply_shapes_recipe(config: mlc.ConfigDict) -> mlc.ConfigDict:
+  """The tuned tiny-CLIP recipe for the shapes world (quickstart and reference bases).
+
+  `train_config()` holds the model; this sets what the sweep in docs/results.md chose on top.
+  """
+  config.total_steps = QUICKSTART_STEPS
+  config.data.context_length = 16  # the shapes captions are at most 14 tokens with sot/eot
+  return config

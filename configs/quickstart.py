@@ -19,15 +19,13 @@ from clipjax import config_lib
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, world="synthetic")
   c = config_lib.train_config()
+  config_lib.apply_shapes_recipe(c)
   if arg.world == "digits":  # 1,257 train / 270 test images, label set "digit"
     c.data.train = {"name": "digits", "split": "train", "seed": 0}
     c.eval.datasets = {"digits_test": {"name": "digits", "split": "test", "seed": 0}}
   elif arg.world != "synthetic":
     raise ValueError(f"world must be 'synthetic' or 'digits', got {arg.world!r}")
-  # Calibrated on the project's 2-core CPU: ~1.3 steps/s at 48 px, batch 128 (docs/results.md).
-  c.total_steps = 700
-  c.data.context_length = 16  # the synthetic captions are at most 14 tokens with sot/eot
-  c.checkpoint.every_steps = 350
+  c.checkpoint.every_steps = c.total_steps // 2
   c.eval.every_steps = 0  # evaluate once, at the end
   if arg.smoke:
     config_lib.apply_smoke(c)

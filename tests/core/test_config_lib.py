@@ -47,3 +47,19 @@ def test_validate_names_offending_key():
   with pytest.raises(ValueError, match="divisible by the number of devices"):
     config_lib.validate_train_config(c, num_devices=8)
   config_lib.validate_train_config(c, num_devices=2)
+
+
+@pytest.mark.parametrize("world", sorted(config_lib.SHAPES_WORLDS))
+def test_shapes_worlds_build_and_captions_fit_the_context(world):
+  from clipjax.data import registry
+  from clipjax.data.tokenizer import Tokenizer
+
+  length = config_lib.shapes_context_length(world)
+  tok = Tokenizer.default()
+  for split in ("train", "test"):
+    src = registry.build_source(config_lib.shapes_world(world, split), 32)
+    captions = [src.get_text(i)["caption"] for i in range(300)]
+    # Untruncated token counts (sot + text + eot) never exceed the configured context.
+    assert max(len(tok.encode(c)) + 2 for c in captions) <= length, world
+  with pytest.raises(ValueError, match="valid worlds"):
+    config_lib.shapes_world("shape", "train")
