@@ -15,7 +15,14 @@ from clipjax.attacks.losses import (
   dlr_targeted_objective,
   margin_objective,
 )
-from clipjax.attacks.registry import ATTACK_DEFAULTS, OBJECTIVES, build_attack, worst_case
+from clipjax.attacks.registry import (
+  ATTACK_DEFAULTS,
+  OBJECTIVES,
+  build_attack,
+  complete_spec,
+  parse_attacks,
+  worst_case,
+)
 from clipjax.attacks.square import SquareResult, square, square_p, square_search
 
 __all__ = [
@@ -29,12 +36,14 @@ __all__ = [
   "bpda",
   "build_attack",
   "ce_objective",
+  "complete_spec",
   "dlr_objective",
   "dlr_targeted_objective",
   "eot",
   "fgsm",
   "margin_objective",
   "mim",
+  "parse_attacks",
   "pgd",
   "square",
   "square_p",

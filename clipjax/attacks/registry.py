@@ -7,8 +7,15 @@ labels), and returns the spec with every default filled in so that results can e
 `logits_fn` is a deterministic `logits_fn(x_bhwc) -> logits_bc`, or, for a randomised defence,
 `Stochastic(fn)` with `fn(x_bhwc, key) -> logits_bc`; the attack objective is then averaged over
 `eot_draws` draws (EOT).
+
+`parse_attacks("pgd:eps=4/255,steps=10;apgd-ce:eps=4/255")` reads the compact form used on the
+command line (`--config.robustness.attacks=...`): attacks separated by ';', each `name` or
+`name:key=value,...`; values are numbers, fractions (`4/255`), true/false or words. A PGD/MIM
+attack without `step_size` gets 2.5·eps/steps (Madry et al. 2018), and every attack gets a
+`label` such as "pgd10@4" (name, steps, ε in 1/255) unless it sets one.
 """
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +26,14 @@ from clipjax.attacks import core, iterative, losses
 from clipjax.attacks import square as square_lib
 from clipjax.attacks.eot import Stochastic, eot
 
-__all__ = ["ATTACK_DEFAULTS", "OBJECTIVES", "build_attack", "worst_case"]
+__all__ = [
+  "ATTACK_DEFAULTS",
+  "OBJECTIVES",
+  "build_attack",
+  "complete_spec",
+  "parse_attacks",
+  "worst_case",
+]
 
 AttackFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -70,6 +84,95 @@ def _objective(loss: str, logits_fn, eot_draws: int):
   return builder(logits_fn)
 
 
+def complete_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+  """Validates an attack spec (without building it) and fills in every default.
+
+  Raises:
+    ValueError: unknown attack or field, a missing required field, or an invalid value (the
+      message names the attack and the field).
+  """
+  name = spec.get("name")
+  if name not in ATTACK_DEFAULTS:
+    raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACK_DEFAULTS)}")
+  allowed = {**ATTACK_DEFAULTS[name], **_COMMON}
+  unknown = sorted(set(spec) - set(allowed) - {"name"})
+  if unknown:
+    raise ValueError(f"attack {name!r}: unknown fields {unknown}; valid: {sorted(allowed)}")
+  full = {"name": name, **allowed, **{k: v for k, v in spec.items() if k != "name"}}
+  missing = sorted(k for k, v in full.items() if v is None)
+  if missing:
+    raise ValueError(f"attack {name!r}: missing required fields {missing}")
+  core.check_norm(full["norm"])
+  if full["eps"] < 0:
+    raise ValueError(f"attack {name!r}: eps must be >= 0, got {full['eps']}")
+  for key in ("steps", "restarts", "eot_draws", "n_queries"):
+    if full.get(key) is not None and full[key] < 1:
+      raise ValueError(f"attack {name!r}: {key} must be >= 1, got {full[key]}")
+  if name == "square" and full["norm"] != "linf":
+    raise ValueError(f"attack 'square': only norm 'linf' is implemented, got {full['norm']!r}")
+  return full
+
+
+def _value(text: str, where: str) -> Any:
+  low = text.strip().lower()
+  if low in ("true", "false"):
+    return low == "true"
+  try:
+    return int(low)
+  except ValueError:
+    pass
+  num, slash, den = low.partition("/")
+  try:
+    return float(num) / float(den) if slash else float(low)
+  except (ValueError, ZeroDivisionError):
+    pass
+  if not re.fullmatch(r"[a-z_][\w-]*", low):
+    raise ValueError(f"{where}: cannot read value {text!r} (a number, a/b, true/false or a word)")
+  return text.strip()
+
+
+def _label(full: Mapping[str, Any]) -> str:
+  steps = full.get("steps") or ""
+  return f"{full['name']}{steps}@{full['eps'] * 255:.3g}"
+
+
+def parse_attacks(text: str) -> list[dict[str, Any]]:
+  """Attack specs from the compact form (module docstring); "" or "none" -> [].
+
+  Each returned spec is validated (`complete_spec`) and carries a `label`.
+
+  Raises:
+    ValueError: naming the offending attack and token.
+  """
+  text = text.strip()
+  if text.lower() in ("", "none"):
+    return []
+  specs = []
+  for i, part in enumerate(p.strip() for p in text.split(";")):
+    where = f"attack {i + 1} {part!r}"
+    name, _, args = part.partition(":")
+    spec: dict[str, Any] = {"name": name.strip().lower()}
+    for item in filter(None, (a.strip() for a in args.split(","))):
+      key, eq, value = item.partition("=")
+      if not eq or not key.strip():
+        raise ValueError(f"{where}: {item!r} is not key=value")
+      if key.strip() in spec:
+        raise ValueError(f"{where}: {key.strip()!r} given twice")
+      spec[key.strip()] = value.strip() if key.strip() == "label" else _value(value, where)
+    label = spec.pop("label", None)
+    if spec["name"] in ("pgd", "mim") and "step_size" not in spec and "steps" in spec:
+      spec["step_size"] = 2.5 * spec.get("eps", 0.0) / max(int(spec["steps"]), 1)
+    try:
+      full = complete_spec(spec)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+    specs.append({**spec, "label": label or _label(full)})
+  labels = [s["label"] for s in specs]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"attack labels must be unique (set label=...): {labels}")
+  return specs
+
+
 def build_attack(
   spec: Mapping[str, Any], logits_fn: Callable | Stochastic
 ) -> tuple[AttackFn, dict[str, Any]]:
@@ -85,23 +188,8 @@ def build_attack(
     `(attack, full_spec)`: `attack(x_bhwc, labels_b, key) -> x_adv_bhwc` and the spec with all
     defaults filled in.
   """
-  name = spec.get("name")
-  if name not in ATTACK_DEFAULTS:
-    raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACK_DEFAULTS)}")
-  allowed = {**ATTACK_DEFAULTS[name], **_COMMON}
-  unknown = sorted(set(spec) - set(allowed) - {"name"})
-  if unknown:
-    raise ValueError(f"attack {name!r}: unknown fields {unknown}; valid: {sorted(allowed)}")
-  full = {"name": name, **allowed, **{k: v for k, v in spec.items() if k != "name"}}
-  missing = sorted(k for k, v in full.items() if v is None)
-  if missing:
-    raise ValueError(f"attack {name!r}: missing required fields {missing}")
-  core.check_norm(full["norm"])
-  eps, norm = full["eps"], full["norm"]
-  if eps < 0:
-    raise ValueError(f"attack {name!r}: eps must be >= 0, got {eps}")
-  if full.get("steps") is not None and full["steps"] < 1:
-    raise ValueError(f"attack {name!r}: steps must be >= 1, got {full['steps']}")
+  full = complete_spec(spec)
+  name, eps, norm = full["name"], full["eps"], full["norm"]
   stochastic = isinstance(logits_fn, Stochastic)
 
   if name in ("fgsm", "pgd", "mim"):
@@ -133,10 +221,6 @@ def build_attack(
         key=k,
       )
   elif name == "square":
-    if full["n_queries"] < 1:
-      raise ValueError(f"attack 'square': n_queries must be >= 1, got {full['n_queries']}")
-    if norm != "linf":
-      raise ValueError(f"attack 'square': only norm 'linf' is implemented, got {norm!r}")
     objective = _objective(full["loss"], logits_fn, full["eot_draws"])
     single = lambda x, y, k: square_lib.square(
       objective, x, y, eps=eps, n_queries=full["n_queries"], p_init=full["p_init"], key=k
@@ -162,8 +246,6 @@ def build_attack(
 
   if full["restarts"] == 1:
     return single, full
-  if full["restarts"] < 1:
-    raise ValueError(f"attack {name!r}: restarts must be >= 1, got {full['restarts']}")
 
   def restarted(x_bhwc, labels_b, key):
     keys = jax.random.split(key, full["restarts"])

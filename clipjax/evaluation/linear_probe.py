@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 __all__ = [
   "LogisticModel",
@@ -197,7 +198,9 @@ def linear_probe(
     tol: gradient-norm tolerance.
 
   Returns:
-    dict with `acc1` (test), `best_l2`, `val_acc` per grid value, `converged`, `n_train`.
+    dict with `acc1` (test), `best_l2`, `val_acc` per grid value, `converged`, `n_iters`,
+    `hit_iteration_cap` (the final fit stopped at `max_iter` before reaching `tol`; also logged
+    as a warning, since the accuracy then depends on the cap), `n_train`, `k_shot`.
   """
   x_tr, y_tr = np.asarray(train[0], np.float32), np.asarray(train[1])
   if k_shot is not None:
@@ -221,12 +224,20 @@ def linear_probe(
   best_l2 = max(val_acc, key=lambda l2: (val_acc[l2], l2))
   final = fit_logistic(all_x, all_y, num_classes, l2=best_l2, max_iter=max_iter, tol=tol)
   x_te, y_te = np.asarray(test[0], np.float32), np.asarray(test[1])
+  capped = not final.converged and final.n_iters >= max_iter
+  if capped:
+    logging.warning(
+      "linear probe (l2=%g, n=%d%s) stopped at its iteration cap max_iter=%d before the gradient "
+      "norm reached tol=%g: its accuracy depends on the cap; raise linear_probe.max_iter",
+      best_l2, len(all_y), f", {k_shot}-shot" if k_shot else "", max_iter, tol,
+    )  # fmt: skip
   return {
     "acc1": float(np.mean(final.predict(x_te) == y_te)),
     "best_l2": best_l2,
     "val_acc": val_acc,
     "converged": final.converged,
     "n_iters": final.n_iters,
+    "hit_iteration_cap": capped,
     "n_train": int(len(all_y)),
     "k_shot": k_shot,
   }

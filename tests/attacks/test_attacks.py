@@ -303,6 +303,39 @@ def test_registry_specs_and_errors():
     attacks.build_attack({"name": "fgsm", "eps": 0.1, "norm": "l1"}, logits_fn)
 
 
+def test_compact_attack_strings():
+  specs = attacks.parse_attacks(
+    " pgd:eps=4/255,steps=10 ; apgd-ce:eps=4/255;fgsm:eps=1/255,label=f1 "
+  )
+  assert specs == [
+    {
+      "name": "pgd",
+      "eps": 4 / 255,
+      "steps": 10,
+      "step_size": 2.5 * (4 / 255) / 10,
+      "label": "pgd10@4",
+    },
+    {"name": "apgd-ce", "eps": 4 / 255, "label": "apgd-ce100@4"},
+    {"name": "fgsm", "eps": 1 / 255, "label": "f1"},
+  ]
+  specs = attacks.parse_attacks("mim:eps=0.5/255,steps=3,step_size=0.1/255,norm=l2")
+  assert specs[0]["norm"] == "l2" and specs[0]["step_size"] == pytest.approx(0.1 / 255)
+  assert attacks.parse_attacks("") == attacks.parse_attacks("none") == []
+  assert attacks.parse_attacks("square:eps=0.1,n_queries=20,restarts=2")[0]["n_queries"] == 20
+  errors = {
+    "pgd:eps=4/255": r"attack 1 'pgd:eps=4/255'.*missing required fields \['step_size', 'steps'\]",
+    "fgsm:eps=1/255;cw:eps=1": r"attack 2 'cw:eps=1'.*unknown attack 'cw'",
+    "fgsm:eps": r"'eps' is not key=value",
+    "fgsm:eps=1/0": r"cannot read value '1/0'",
+    "fgsm:eps=1,eps=2": "given twice",
+    "pgd:eps=1,steps=0": "steps must be >= 1",
+    "fgsm:eps=1;fgsm:eps=1": "labels must be unique",
+  }
+  for text, match in errors.items():
+    with pytest.raises(ValueError, match=match):
+      attacks.parse_attacks(text)
+
+
 def test_more_steps_never_repair_an_example():
   """Gradient-masking check: with success tracking, PGD's broken set only grows with steps."""
   x = images(41, B)

@@ -49,3 +49,16 @@ def test_few_shot_indices_deterministic():
   np.testing.assert_array_equal(np.bincount(labels[a]), [3] * 5)
   with pytest.raises(ValueError, match="class 4 has 7 examples, fewer than k=8"):
     few_shot_indices(labels, 8, seed=0)
+
+
+def test_iteration_cap_is_reported_and_warned(caplog):
+  centers = 4.0 * np.eye(3, 5)
+  x_tr, y_tr = blobs(30, centers, 0.3, seed=1)
+  with caplog.at_level("WARNING"):
+    got = linear_probe((x_tr, y_tr), (x_tr, y_tr), num_classes=3, l2_grid=[1e-4], max_iter=2)
+  assert got["hit_iteration_cap"] and not got["converged"] and got["n_iters"] == 2
+  assert "iteration cap max_iter=2" in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    got = linear_probe((x_tr, y_tr), (x_tr, y_tr), num_classes=3, l2_grid=[1e-2])
+  assert got["converged"] and not got["hit_iteration_cap"] and "iteration cap" not in caplog.text
