@@ -5,9 +5,9 @@ Config arguments: `root`, `attacks` (+-separated), `prompts` (grid size), `epsil
 `fusions` (+-separated subset of hierarchical, direct_ot, average, ensemble; empty for none),
 `submodels` (evaluate every submodel), `eval_attacks` ("full" or "light"), `smoke`.
 
-Submodel workdirs are named `{root}_{attack}_{prompt}` (as `scripts/hotclip_grid.sh` writes
-them), or given explicitly with `--config.workdirs`. Every submodel, the hierarchical OT fusion
-(Algorithm 1), direct OT fusion, direct averaging and the output ensemble are evaluated on
+Submodel workdirs are named `{root}_{attack}_{prompt}` (as `scripts/reproduce.py hotclip`
+writes them), or given explicitly with `--config.workdirs`. Every submodel, the hierarchical OT
+fusion (Algorithm 1), direct OT fusion, direct averaging and the output ensemble are evaluated on
 clean and robust zero-shot accuracy (PGD-10 and APGD-CE-10 at ε = 2/255 and 4/255 by default).
 
 Commands:

@@ -9,8 +9,8 @@ One config, one trainer. `variant` picks what runs from `model.init_checkpoint` 
            with ascent_weight=0 it only drops the forget set (a filtering baseline).
   pretrain the reference model: a tiny CLIP trained from scratch on the noisy synthetic world.
 
-Commands (the small-scale reproduction of docs/results/ncu.md is driven by scripts/ncu_repro.py,
-which runs these with hn_steps=20,ul_steps=80 and tabulates the seeds):
+Commands (the small-scale reproduction of docs/results/ncu.md is `python scripts/reproduce.py
+ncu`, which runs these with hn_steps=20,ul_steps=80 and tabulates the seeds):
   python -m clipjax.main --config configs/ncu.py:variant=pretrain --workdir /tmp/ncu_pre
   python -m clipjax.main --config configs/ncu.py:init=/tmp/ncu_pre --workdir /tmp/ncu_s0
   python -m clipjax.main --config configs/ncu.py:variant=ga,init=/tmp/ncu_pre --workdir /tmp/ga_s0

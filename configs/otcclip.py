@@ -14,9 +14,9 @@ match_alpha (otcclip), image_size, width / layers (both towers), smoke.
 Training data: the shapes world with, on the colour+shape label set, either RoCLIP-protocol
 targeted poisoning (`clipjax.data.corrupt.TargetedPoisoning`; ASR = zero-shot accuracy on
 `asr_source()`) or a checkerboard patch-trigger backdoor (`clipjax.data.corrupt.Backdoor`; ASR =
-zero-shot accuracy on `triggered_source(test split)`). `scripts/otcclip_repro.py` trains and
-scores these runs. Every method hyper-parameter is explicit below; the re-matching cadence is in
-steps, derived from the epoch length like RoCLIP's break_epoch = 2.
+zero-shot accuracy on `triggered_source(test split)`). `python scripts/reproduce.py otcclip`
+trains and scores these runs. Every method hyper-parameter is explicit below; the re-matching
+cadence is in steps, derived from the epoch length like RoCLIP's break_epoch = 2.
 """
 
 import ml_collections as mlc

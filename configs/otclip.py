@@ -14,8 +14,8 @@ unroll | implicit; `steps`; `small` (the 2-core reproduction model of docs/resul
 
 OT inference (FGW zero-shot, label-prior Sinkhorn, partial-OT selective classification) is not a
 training setting: it is applied to a trained checkpoint's embeddings through
-`clipjax.methods.otclip.score_fn` / `prior_sinkhorn` / `partial_ot_selective` (see
-docs/results/otclip.md for the script).
+`clipjax.methods.otclip.score_fn` / `prior_sinkhorn` / `partial_ot_selective`
+(`python scripts/reproduce.py otclip` trains the losses and runs this inference).
 """
 
 import ml_collections as mlc
@@ -24,7 +24,7 @@ from clipjax import config_lib
 
 # Per-variant hyper-parameters (ε-relative: ρ is the marginal-KL weight divided by ε, α the FGW
 # structural weight on the cost scale, δ the DBOT box half-width).
-_VARIANTS = {
+VARIANTS = {
   "entropic": {},
   "dbot": {"delta": 0.5},
   "uot": {"rho_a": 1.0, "rho_b": 1.0},
@@ -47,8 +47,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     seed=0,
     smoke=False,
   )
-  if arg.loss not in (*_VARIANTS, "infonce"):
-    raise ValueError(f"loss must be one of {[*_VARIANTS, 'infonce']}, got {arg.loss!r}")
+  if arg.loss not in (*VARIANTS, "infonce"):
+    raise ValueError(f"loss must be one of {[*VARIANTS, 'infonce']}, got {arg.loss!r}")
   c = config_lib.train_config()
   c.seed = arg.seed
   c.total_steps = arg.steps
@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       "ot_weight": 1.0,
       "infonce_weight": arg.infonce_weight,
       "threshold": 1e-3,
-      **_VARIANTS[arg.loss],
+      **VARIANTS[arg.loss],
     }
   if arg.smoke:
     config_lib.apply_smoke(c)

@@ -1,0 +1,1 @@
+"""Reproduction grids of the five methods, run by `scripts/reproduce.py` (never imported)."""

@@ -1,0 +1,134 @@
+"""scripts/reproduce.py: committed pages match their records, --table-only is deterministic, and
+`--quick` runs one method's grid end to end (and resumes without re-running anything)."""
+
+import importlib
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "reproduce.py"
+sys.path.insert(0, str(REPO / "scripts"))
+grid = importlib.import_module("repro.grid")
+METHODS = ("otclip", "ncu", "otcclip", "cola", "hotclip")
+
+
+def _driver(*args, timeout=600):
+  proc = subprocess.run(
+    [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc.stdout
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_committed_page_is_generated_from_its_records(method):
+  """`reproduce.py METHOD --table-only --write-docs` would not change the committed page."""
+  module = importlib.import_module(f"repro.{method}")
+  records = json.loads((REPO / "docs" / "results" / f"{method}.records.json").read_text())
+  assert records["method"] == method
+  page = (REPO / "docs" / "results" / f"{method}.md").read_text()
+  command = f"python scripts/reproduce.py {method} --table-only --write-docs"
+  generated = grid.render(method, records["records"], module.TABLES, module.CLAIMS, command)
+  assert grid.splice(page, generated, method) == page, (
+    f"docs/results/{method}.md is out of date with its records: run `{command}`"
+  )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grids_are_well_formed(method):
+  module = importlib.import_module(f"repro.{method}")
+  for quick in (True, False):
+    runs = grid.toposort(module.grid(quick, 2, max(1, module.BASES)))
+    for r in runs:
+      assert r.config.startswith("configs/") and (REPO / r.config.split(":")[0]).exists(), r
+      if r.evaluate:
+        assert callable(getattr(module, r.evaluate)), r
+    # Seeds pair runs: within a group, (seed, base) identifies a run.
+    keys = [(r.group, r.seed, r.base) for r in runs]
+    assert len(keys) == len(set(keys)), method
+
+
+def _synthetic_records():
+  recs = []
+  for s in range(3):
+    for loss, shift in (("infonce", 0.0), ("fgw", 0.02)):
+      m = {"zeroshot_mean": 0.5 + shift + 0.01 * s, "logit_scale": 16.0 + s}
+      for ls in ("colour+shape", "position"):
+        m[f"{ls}/argmax"] = 0.4 + shift
+        m[f"{ls}/fgw"] = 0.42 + shift + 0.001 * s
+      recs.append(
+        {
+          "method": "otclip",
+          "run": f"{loss}_s{s}",
+          "group": loss,
+          "seed": s,
+          "base": None,
+          "quick": False,
+          "commit": "0123456789",
+          "metrics": m,
+          "cpu_s": 80.0 + s,
+          "wall_s": 300.0,
+          "eval_cpu_s": 20.0,
+        }
+      )
+  return recs
+
+
+def test_table_only_regenerates_deterministically(tmp_path):
+  (tmp_path / "otclip.records.json").write_text(
+    json.dumps({"method": "otclip", "records": _synthetic_records()})
+  )
+  _driver("otclip", "--table-only", "--root", str(tmp_path))
+  first = (tmp_path / "otclip.md").read_text()
+  _driver("otclip", "--table-only", "--root", str(tmp_path))
+  assert (tmp_path / "otclip.md").read_text() == first
+  assert not (tmp_path / "records").exists()  # nothing was run
+  assert "| fgw | 3 | 17.0 ± 1.0 |" in first  # logit_scale column (scale 1)
+  # FGW − InfoNCE on zeroshot_mean: +2 pt for every seed; FGW inference +2.1 pt on average.
+  assert "| 3 | +2.00 | [+2.00, +2.00] | **reproduced** |" in first
+  assert "| 6 | +2.10 |" in first
+
+
+def test_write_docs_refuses_quick(tmp_path):
+  proc = subprocess.run(
+    [sys.executable, str(SCRIPT), "cola", "--quick", "--write-docs", "--root", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+  )
+  assert proc.returncode != 0 and "toy-size" in proc.stderr
+
+
+@pytest.mark.slow
+def test_quick_cola_end_to_end_and_resume(tmp_path):
+  root = tmp_path / "cola"
+  out = _driver("cola", "--quick", "--root", str(root))
+  assert "[1/2] cola base_b0: training" in out and "[2/2] cola cola_b0_s0: training" in out
+  records = json.loads((root / "cola.records.json").read_text())["records"]
+  assert [r["run"] for r in records] == ["base_b0", "cola_b0_s0"]
+  for r in records:
+    assert r["quick"] and r["attempts"] == 1 and r["cpu_s"] > 0 and r["wall_s"] > 0
+    assert "{root}" not in r["config"] and str(tmp_path) not in json.dumps(r)
+  cola = records[1]
+  assert cola["base"] == "base_b0" and cola["config"].endswith("ckpt=ROOT/base_b0")
+  assert 0.0 <= cola["metrics"]["clean/cola"] <= 1.0 and "clean/base" in cola["metrics"]
+  page = (root / "cola.md").read_text()
+  assert "Toy-size (`--quick`) records" in page and "| cola_eval | 1 |" in page
+  timings = (root / "timings" / "cola_b0_s0.jsonl").read_text()
+  # A second driver finds every run recorded and starts nothing.
+  out = _driver("cola", "--quick", "--root", str(root))
+  assert out.count("recorded, skipped") == 2
+  assert (root / "timings" / "cola_b0_s0.jsonl").read_text() == timings
+  # A lost record of a finished workdir is re-extracted without re-running the run.
+  (root / "records" / "cola_b0_s0.json").unlink()
+  out = _driver("cola", "--quick", "--root", str(root))
+  assert "cola_b0_s0: training" not in out and "cola_b0_s0: resuming" not in out
+  assert (root / "timings" / "cola_b0_s0.jsonl").read_text() == timings
+  assert (
+    json.loads((root / "cola.records.json").read_text())["records"][1]["metrics"]
+    == (cola["metrics"])
+  )
