@@ -279,6 +279,8 @@ def main(argv: list[str]) -> None:
     bases = a.bases if a.bases is not None else (min(1, module.BASES) if a.quick else module.BASES)
     if seeds < 1 or bases < 0:
       raise SystemExit(f"--seeds must be ≥ 1 and --bases ≥ 0, got {seeds}, {bases}")
+    if module.BASES == 0 and a.bases:
+      raise SystemExit(f"{a.method} trains from scratch: --bases does not apply")
     runs = module.grid(a.quick, seeds, bases)
     execute(a.method, module, runs, root, a.quick)
     records = collect(root, a.method)

@@ -2,10 +2,12 @@
 `--quick` runs one method's grid end to end (and resumes without re-running anything)."""
 
 import importlib
+import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -132,3 +134,67 @@ def test_quick_cola_end_to_end_and_resume(tmp_path):
     json.loads((root / "cola.records.json").read_text())["records"][1]["metrics"]
     == (cola["metrics"])
   )
+
+
+def _load_driver():
+  spec = importlib.util.spec_from_file_location("reproduce_driver", SCRIPT)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+# A stand-in for `python -m clipjax.main`: fails while WORKDIR.fail exists, else writes a
+# finished summary.json (or an unfinished one while WORKDIR.stop exists).
+_FAKE_RUN = """
+import json, pathlib, sys
+wd = pathlib.Path(sys.argv[1])
+if pathlib.Path(str(wd) + ".fail").exists():
+  sys.exit(3)
+wd.mkdir(exist_ok=True)
+(wd / "starts").write_text(str(int((wd / "starts").read_text() or 0) + 1)
+  if (wd / "starts").exists() else "1")
+done = not pathlib.Path(str(wd) + ".stop").exists()
+(wd / "summary.json").write_text(json.dumps({"finished": done, "acc": 0.5}))
+"""
+
+
+def test_execute_order_failure_and_resume(tmp_path, monkeypatch):
+  driver = _load_driver()
+  monkeypatch.setattr(
+    driver,
+    "train_command",
+    lambda run, root: [sys.executable, "-c", _FAKE_RUN, str(root / run.name)],
+  )
+  module = types.SimpleNamespace(
+    metrics=lambda run, wd: {
+      "acc": json.loads((pathlib.Path(wd) / "summary.json").read_text())["acc"]
+    }
+  )
+  runs = [
+    grid.Run("fine", "configs/x.py", "fine", deps=("base",), seed=0, base="base"),
+    grid.Run("base", "configs/x.py", "base", seed=0, base="base"),
+  ]
+  root = tmp_path / "root"
+  (root / "fine.fail").parent.mkdir(parents=True)
+  (root / "fine.fail").write_text("")
+  with pytest.raises(SystemExit, match=r"fine: exit status 3.*logs/fine.log"):
+    driver.execute("toy", module, runs, root, quick=True)
+  assert (root / "records" / "base.json").exists()  # the dependency ran first and was recorded
+  assert not (root / "records" / "fine.json").exists()
+  # An unfinished run (summary says finished: false) is an error too, and is re-run next time.
+  (root / "fine.fail").unlink()
+  (root / "fine.stop").write_text("")
+  with pytest.raises(SystemExit, match="not finished"):
+    driver.execute("toy", module, runs, root, quick=True)
+  (root / "fine.stop").unlink()
+  driver.execute("toy", module, runs, root, quick=True)
+  fine = json.loads((root / "records" / "fine.json").read_text())
+  base = json.loads((root / "records" / "base.json").read_text())
+  assert (root / "base" / "starts").read_text() == "1"  # never re-run once recorded
+  assert (root / "fine" / "starts").read_text() == "2"  # the unfinished start, then the resume
+  assert fine["attempts"] == 3 and base["attempts"] == 1  # the failed start counts
+  assert fine["metrics"] == {"acc": 0.5} and fine["base"] == "base" and fine["quick"]
+  lines = (root / "timings" / "fine.jsonl").read_text().splitlines()
+  assert [json.loads(x)["rc"] for x in lines] == [3, 0, 0]
+  assert fine["cpu_s"] == pytest.approx(sum(json.loads(x)["cpu_s"] for x in lines), abs=0.2)
+  assert fine["cpu_s"] > 0 and fine["wall_s"] >= fine["cpu_s"] / 4
