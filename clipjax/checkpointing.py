@@ -16,8 +16,9 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-__all__ = ["Checkpointer", "PreemptionFlag", "restore_params"]
+__all__ = ["Checkpointer", "PreemptionFlag", "restore_params", "saved_steps"]
 
 
 class PreemptionFlag:
@@ -158,3 +159,10 @@ def restore_params(directory: str, step: int | None = None) -> Any:
   state = restored.state
   params = state["params"] if isinstance(state, dict) else state.params
   return jax.tree.map(lambda x: x, params)
+
+
+def saved_steps(directory: str) -> list[int]:
+  """Committed checkpoint steps in `directory` (sorted; empty if it does not exist)."""
+  if not epath.Path(directory).is_dir():
+    return []
+  return sorted(ocp.utils.checkpoint_steps(directory))

@@ -1,16 +1,16 @@
 """Command-line entry point: `python -m clipjax.main --config configs/x.py[:arg] --workdir DIR`.
 
-Thin by design (STYLE.md §1): parse flags, set JAX options, initialise the distributed runtime
-when configured, and dispatch `config.task` to a `run(config, workdir)` function. Config
-overrides: `--config.optim.lr=3e-4`; a typo is an error with a suggestion (locked config).
+Thin by design: parse flags, set JAX options, initialise the distributed runtime when
+configured, and dispatch `config.task` to its runner's `run(config, workdir)` (`clipjax.tasks`).
+Config overrides: `--config.optim.lr=3e-4`; a typo is an error with a suggestion (locked config).
 """
 
 from __future__ import annotations
 
-import importlib
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from clipjax import tasks
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/quickstart.py:smoke.", lock_config=True
@@ -19,14 +19,6 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory (config.json, metrics.jsonl, checkpoints/)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-# task name -> module with `run(config, workdir)`; imported lazily so `--help` stays fast.
-TASKS = {
-  "train": "clipjax.train.loop",
-  "eval": "clipjax.evaluation.task",
-  "cola_eval": "clipjax.evaluation.cola_task",
-  "hotclip_fuse": "clipjax.fusion.task",
-}
 
 
 def main(argv: list[str]) -> None:
@@ -38,12 +30,12 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   task = config.get("task", "train")
-  if task not in TASKS:
-    raise app.UsageError(f"Unknown config.task {task!r}; valid tasks: {sorted(TASKS)}.")
+  if task not in tasks.TASKS:
+    raise app.UsageError(f"Unknown config.task {task!r}; valid tasks: {sorted(tasks.TASKS)}.")
   from clipjax import sharding
 
   sharding.maybe_initialize_distributed(config.get("distributed", "auto"))
-  importlib.import_module(TASKS[task]).run(config, _WORKDIR.value)
+  tasks.get(task).run(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

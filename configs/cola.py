@@ -12,7 +12,7 @@ Commands (the first trains the quickstart tiny CLIP, ~10 min on 2 CPU cores):
 
 `ckpt` is a clipjax workdir (its checkpoints/) or an OpenAI/open_clip/HF checkpoint; the model
 section must match the checkpoint (here: the quickstart tiny CLIP). Results: workdir/results.md
-and results.json; measured numbers in docs/results/cola.md. Every COLA value is explicit below;
+and summary.json; measured numbers in docs/results/cola.md. Every COLA value is explicit below;
 the reconstructed ones (no public code) are documented in clipjax/methods/cola.py.
 """
 

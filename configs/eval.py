@@ -10,7 +10,7 @@ and, when matplotlib is installed (`pip install 'clipjax[plot]'`) and config.plo
 figures next to them: robustness_*.png (accuracy vs ε), risk_coverage_*.png, and for the first
 dataset pca_*.png (image vs caption embeddings) and similarity_*.png.
 A dataset spec with `corrupt` of kind "poison" or "backdoor" also gets its attack success rate
-(`{ds}/asr/...`; clean metrics on uncorrupted images, see clipjax/evaluation/task.py).
+(`{ds}/asr/...`; clean metrics on uncorrupted images, see clipjax/evaluation/suite.py).
 Linear probe: --config.linear_probe.enabled=True (fits on each dataset's train split); tuple
 options from the command line as strings, e.g. --config.linear_probe.k_shots='(1, 4)'.
 Datasets are data specs (clipjax/data/registry.py); TFDS datasets need a local data_dir, e.g.

@@ -1,5 +1,5 @@
 """HOT-CLIP fusion: fuse an [attack][prompt] grid of submodel workdirs and evaluate (task
-"hotclip_fuse", `clipjax/fusion/task.py`).
+"hotclip_fuse", `clipjax/tasks/hotclip_fuse.py`).
 
 Config arguments: `root`, `attacks` (+-separated), `prompts` (grid size), `epsilon` (Sinkhorn),
 `fusions` (+-separated subset of hierarchical, direct_ot, average, ensemble; empty for none),

@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.log_every_steps = 10
     c.checkpoint.every_steps = 60
     c.eval.every_steps = 60
-    c.eval.max_examples = 100  # a monitor only; clipjax.fusion.task evaluates the submodels
+    c.eval.max_examples = 100  # a monitor only; the hotclip_fuse task evaluates the submodels
   c.model.init_checkpoint = arg.init
   if arg.init and runs.is_workdir(arg.init):
     # The base's architecture and data sizes, so that the class prompts below are tokenised at

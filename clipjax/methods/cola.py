@@ -40,7 +40,7 @@ iterations, the entropy weights and the views (the exact gradient of the compute
 surrogate). Predictions are the same under both.
 
 COLA trains nothing, so ``METHODS`` registers no training method; the classifier is used through
-``clipjax.evaluation.cola_task`` (config task ``cola_eval``).
+``clipjax.tasks.cola_eval`` (config task ``cola_eval``).
 """
 
 import dataclasses

@@ -1,21 +1,23 @@
-"""The one trainer: `run(config, workdir)` for every method, from a laptop to a TPU pod.
+"""The training loop for every method, from a laptop to a TPU pod (a library: no run-dir policy).
 
-Per run it writes `workdir/config.json`, appends events to `workdir/metrics.jsonl`, keeps orbax
-checkpoints (state + data iterator) in `workdir/checkpoints/`, and writes `workdir/summary.json`
-at the end. Re-running the same command resumes from the latest checkpoint; a workdir whose
-saved config differs in keys that matter is refused with the list of differences.
+`setup(config)` checks the config and builds everything that can fail on bad settings or data
+(stages, model, optimizer, shardings, the data iterator) without touching the disk;
+`train(trainer, workdir)` then restores the latest checkpoint of `workdir/checkpoints` if any,
+trains to `config.total_steps`, appends events to `workdir/metrics.jsonl` and returns the
+summary. The `train` task (`clipjax.tasks.train`) owns the run directory around it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+import optax
 from etils import epath
 
 from clipjax import checkpointing, config_lib, runs, sharding
@@ -25,31 +27,7 @@ from clipjax.train import data_setup, optim, periodic_eval
 from clipjax.train.state import TrainState
 from clipjax.train.step import train_step
 
-__all__ = [
-  "RESUME_KEYS",
-  "Stage",
-  "build_model",
-  "build_stages",
-  "check_resume_compatible",
-  "run",
-]
-
-# Changing these between a checkpoint and a resume would silently change the experiment (or
-# break the saved iterator/optimizer state), so a mismatch refuses to resume.
-RESUME_KEYS = [
-  "seed",
-  "total_steps",
-  "model",
-  "method",
-  "data.train",
-  "data.batch_size",
-  "data.image_size",
-  "data.num_workers",
-  "data.context_length",
-  "data.train_labels",
-  "optim",
-  "stages",
-]
+__all__ = ["Stage", "Trainer", "build_model", "build_stages", "setup", "train"]
 
 
 def build_model(config: mlc.ConfigDict, rng: jax.Array):
@@ -65,28 +43,6 @@ def build_model(config: mlc.ConfigDict, rng: jax.Array):
       f" = {got}, but config.data asks for {want}; set data.image_size / data.context_length."
     )
   return model
-
-
-def check_resume_compatible(workdir: str, config: mlc.ConfigDict) -> None:
-  """Raises if `workdir/config.json` exists and differs from `config` in `RESUME_KEYS`."""
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists():
-    return
-  old = json.loads(path.read_text())
-  new = json.loads(config.to_json_best_effort())
-  diffs = config_lib.diff_configs(old, new, RESUME_KEYS)
-  if diffs:
-    raise ValueError(
-      f"Refusing to resume in {workdir!r}: its config.json differs from this run in\n  "
-      + "\n  ".join(diffs)
-      + "\nUse a new --workdir, or restore the previous settings."
-    )
-
-
-def _write_json(path: epath.Path, obj: Any) -> None:
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(metrics_lib.to_python(obj), indent=2, sort_keys=True))
-  tmp.replace(path)
 
 
 class Stage(NamedTuple):
@@ -143,59 +99,105 @@ def _init_params(model, stages: list[Stage], rng: jax.Array) -> dict[str, Any]:
   return params
 
 
-def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains per `config` in `workdir`; returns the final summary dict."""
-  is_main = jax.process_index() == 0
-  distributed = jax.process_count() > 1
+@dataclasses.dataclass
+class Trainer:
+  """Everything `train` needs, built and checked by `setup` (nothing on disk yet)."""
+
+  config: mlc.ConfigDict
+  mesh: jax.sharding.Mesh
+  stages: list[Stage]
+  model: Any
+  params0: dict[str, Any]
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  state_shardings: TrainState
+  abstract: TrainState
+  train_iter: Any
+
+  def init_state(self, params: Any) -> TrainState:
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=self.tx.init(params),
+      method_state=self.stages[0].method.init(self.model.config.embed_dim),
+      rng=jax.random.PRNGKey(self.config.seed + 1),
+    )
+
+  def close(self) -> None:
+    self.train_iter.close()
+
+
+def setup(config: mlc.ConfigDict) -> Trainer:
+  """Checks `config` and builds the run's pieces, the data iterator last; writes nothing.
+
+  Raises on a bad config (naming the key) or a bad data spec before any file exists, so a
+  failed start leaves no trace in the run directory.
+  """
   mesh = sharding.make_mesh(config.mesh)
   config_lib.validate_train_config(config, mesh.size)
-  wdir = epath.Path(workdir)
-  if is_main:
-    wdir.mkdir(parents=True, exist_ok=True)
-    check_resume_compatible(workdir, config)
-    (wdir / "config.json").write_text(config.to_json_best_effort(sort_keys=True, indent=2))
-
   stages = build_stages(config)
   model = build_model(config, jax.random.key(config.seed))
   params0 = _init_params(model, stages, jax.random.key(config.seed + 2))
   tx = optim.make_optimizer(config.optim, params0, config.total_steps)
   schedule = optim.make_schedule(config.optim, config.total_steps)
-
-  def init_state(params):
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state=tx.init(params),
-      method_state=stages[0].method.init(model.config.embed_dim),
-      rng=jax.random.PRNGKey(config.seed + 1),
-    )
-
-  abstract = jax.eval_shape(init_state, params0)
-  state_shardings = TrainState(
+  trainer = Trainer(config, mesh, stages, model, params0, tx, schedule, None, None, None)
+  abstract = jax.eval_shape(trainer.init_state, params0)
+  trainer.state_shardings = TrainState(
     step=sharding.replicated(mesh),
     params=sharding.param_shardings(abstract.params, mesh),
     opt_state=sharding.param_shardings(abstract.opt_state, mesh),
     method_state=jax.tree.map(lambda _: sharding.replicated(mesh), abstract.method_state),
     rng=sharding.replicated(mesh),
   )
-  abstract = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings
+  trainer.abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    abstract,
+    trainer.state_shardings,
   )
-  ckpt = checkpointing.Checkpointer(
-    str(wdir / "checkpoints"),
-    save_every=config.checkpoint.every_steps,
-    max_to_keep=config.checkpoint.max_to_keep,
-    keep_period=config.checkpoint.get("keep_period") or None,
-    async_save=config.checkpoint.get("async_save", True),
+  trainer.train_iter = data_setup.train_iterator(config, jax.process_index(), jax.process_count())
+  return trainer
+
+
+def train(trainer: Trainer, workdir: str) -> dict[str, Any]:
+  """Trains from the latest checkpoint in `workdir/checkpoints` (or step 0); returns the summary.
+
+  The caller owns `trainer` (and closes it). Checkpoints and metrics.jsonl go under `workdir`.
+  """
+  config = trainer.config
+  is_main = jax.process_index() == 0
+  distributed = jax.process_count() > 1
+  wdir = epath.Path(workdir)
+  writer = metrics_lib.MetricWriter(
+    str(wdir), enabled=is_main, tensorboard=config.get("tensorboard", False)
   )
-  train_iter = data_setup.train_iterator(config, jax.process_index(), jax.process_count())
+  preempt = checkpointing.PreemptionFlag(distributed)
+  ckpt = None
+  try:
+    ckpt = checkpointing.Checkpointer(
+      str(wdir / "checkpoints"),
+      save_every=config.checkpoint.every_steps,
+      max_to_keep=config.checkpoint.max_to_keep,
+      keep_period=config.checkpoint.get("keep_period") or None,
+      async_save=config.checkpoint.get("async_save", True),
+    )
+    return _train_loop(trainer, ckpt, writer, preempt, is_main=is_main, distributed=distributed)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+    writer.close()
+    preempt.restore_handler()
+
+
+def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict[str, Any]:
+  config, mesh, stages = trainer.config, trainer.mesh, trainer.stages
+  model, state_shardings, train_iter = trainer.model, trainer.state_shardings, trainer.train_iter
   latest = ckpt.latest_step()
   if latest is not None:
-    state = ckpt.restore(latest, abstract, data_iter=train_iter)
+    state = ckpt.restore(latest, trainer.abstract, data_iter=train_iter)
     if is_main:
       print(f"Resumed from {ckpt.directory} at step {latest}.", flush=True)
   else:
-    state = jax.jit(init_state, out_shardings=state_shardings)(params0)
+    state = jax.jit(trainer.init_state, out_shardings=state_shardings)(trainer.params0)
 
   # One compiled step per stage, built on first use. `model` is bound statically; its encode
   # functions read only the `params` argument, so parameters are never baked in as constants.
@@ -209,10 +211,10 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
           train_step,
           model=model,
           method=stage.method,
-          tx=tx,
-          schedule=schedule,
+          tx=trainer.tx,
+          schedule=trainer.schedule,
           grad_accum_steps=config.optim.grad_accum_steps,
-          trainable=optim.trainable_mask(params0, stage.frozen),
+          trainable=optim.trainable_mask(trainer.params0, stage.frozen),
         ),
         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
@@ -220,76 +222,65 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
       )
     return step_fns[i]
 
-  writer = metrics_lib.MetricWriter(
-    str(wdir), enabled=is_main, tensorboard=config.get("tensorboard", False)
-  )
   evaluator = periodic_eval.Evaluator(config, model)
   step = int(jax.device_get(state.step))
   first_step = step
   progress = metrics_lib.Progress(config.total_steps, config.data.batch_size, enabled=is_main)
-  preempt = checkpointing.PreemptionFlag(distributed)
   # Wall time of steps after the first (compiling) one, minus evaluation time; with async
   # dispatch only the whole span is meaningful, not the time of one dispatch.
   timed_start, eval_seconds, timed_steps, rates = None, 0.0, 0, {}
   eval_metrics: dict[str, Any] = {}
   stopped_early = False
-  try:
-    progress.start(step)
-    while step < config.total_steps:
-      stage_index = next(i for i, s in enumerate(stages) if s.start <= step < s.end)
-      if is_main and len(stages) > 1 and step in (first_step, stages[stage_index].start):
-        print(f"Stage {stages[stage_index].name!r}: steps {step}..{stages[stage_index].end}.")
-      t0 = time.perf_counter()
-      local = next(train_iter)
-      batch = sharding.make_global_batch(mesh, data_setup.model_inputs(local))
-      state, step_metrics = step_fn_for(stage_index)(state, batch)
-      step += 1
-      if step == first_step + 1:
-        jax.block_until_ready(step_metrics)
-        if is_main:
-          print(f"First step (incl. compilation) took {time.perf_counter() - t0:.1f}s.", flush=True)
-        progress.start(step)
-        timed_start = time.perf_counter()
-      else:
-        timed_steps += 1
-      due_save = ckpt.should_save(step) or step == config.total_steps
-      if step % config.log_every_steps == 0 or due_save:
-        host_metrics = jax.device_get(step_metrics)
-        metrics_lib.check_finite(host_metrics, step)
-        rates = progress.update(step, host_metrics) or rates
-        writer.write(
-          step,
-          {**host_metrics, **rates, **data_setup.stats(train_iter)},
-          kind="train",
-          stage=stages[stage_index].name,
-        )
-      if due_save:
-        ckpt.save(step, state, train_iter, force=step == config.total_steps)
-      if evaluator.due(step):
-        t_eval = time.perf_counter()
-        eval_metrics = evaluator(state.params, step)
-        eval_seconds += time.perf_counter() - t_eval
-        writer.write(step, eval_metrics, kind="eval")
-        if is_main and step < config.total_steps:  # the final table is printed below
-          print(periodic_eval.format_table(eval_metrics, step), flush=True)
-      if preempt.requested or (distributed and ckpt.reached_preemption(step)):
-        if is_main:
-          print(f"Preemption requested: saving step {step} and exiting.", flush=True)
-        ckpt.save(step, state, train_iter, force=True)
-        stopped_early = True
-        break
-    jax.block_until_ready(state)
-    train_time = time.perf_counter() - timed_start - eval_seconds if timed_start else 0.0
-    if not eval_metrics and not stopped_early:
+  progress.start(step)
+  while step < config.total_steps:
+    stage_index = next(i for i, s in enumerate(stages) if s.start <= step < s.end)
+    if is_main and len(stages) > 1 and step in (first_step, stages[stage_index].start):
+      print(f"Stage {stages[stage_index].name!r}: steps {step}..{stages[stage_index].end}.")
+    t0 = time.perf_counter()
+    local = next(train_iter)
+    batch = sharding.make_global_batch(mesh, data_setup.model_inputs(local))
+    state, step_metrics = step_fn_for(stage_index)(state, batch)
+    step += 1
+    if step == first_step + 1:
+      jax.block_until_ready(step_metrics)
+      if is_main:
+        print(f"First step (incl. compilation) took {time.perf_counter() - t0:.1f}s.", flush=True)
+      progress.start(step)
+      timed_start = time.perf_counter()
+    else:
+      timed_steps += 1
+    due_save = ckpt.should_save(step) or step == config.total_steps
+    if step % config.log_every_steps == 0 or due_save:
+      host_metrics = jax.device_get(step_metrics)
+      metrics_lib.check_finite(host_metrics, step)
+      rates = progress.update(step, host_metrics) or rates
+      writer.write(
+        step,
+        {**host_metrics, **rates, **data_setup.stats(train_iter)},
+        kind="train",
+        stage=stages[stage_index].name,
+      )
+    if due_save:
+      ckpt.save(step, state, train_iter, force=step == config.total_steps)
+    if evaluator.due(step):
+      t_eval = time.perf_counter()
       eval_metrics = evaluator(state.params, step)
+      eval_seconds += time.perf_counter() - t_eval
       writer.write(step, eval_metrics, kind="eval")
-  finally:
-    ckpt.close()
-    writer.close()
-    preempt.restore_handler()
-    train_iter.close()
-
-  summary = {
+      if is_main and step < config.total_steps:  # the final table is printed by the task
+        print(periodic_eval.format_table(eval_metrics, step), flush=True)
+    if preempt.requested or (distributed and ckpt.reached_preemption(step)):
+      if is_main:
+        print(f"Preemption requested: saving step {step} and exiting.", flush=True)
+      ckpt.save(step, state, train_iter, force=True)
+      stopped_early = True
+      break
+  jax.block_until_ready(state)
+  train_time = time.perf_counter() - timed_start - eval_seconds if timed_start else 0.0
+  if not eval_metrics and not stopped_early:
+    eval_metrics = evaluator(state.params, step)
+    writer.write(step, eval_metrics, kind="eval")
+  return {
     "step": step,
     "finished": step >= config.total_steps and not stopped_early,
     "train_seconds_excl_first_step_and_eval": train_time,
@@ -297,8 +288,3 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     "examples_per_s": timed_steps * config.data.batch_size / train_time if train_time else None,
     **eval_metrics,
   }
-  if is_main:
-    _write_json(wdir / "summary.json", summary)
-    print(periodic_eval.format_table(eval_metrics, step, final=True), flush=True)
-    print(f"Wrote {wdir / 'summary.json'}", flush=True)
-  return summary

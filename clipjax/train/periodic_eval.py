@@ -1,7 +1,8 @@
 """Evaluation during training: zero-shot and retrieval on `config.eval.datasets`.
 
-Thin glue over `clipjax.evaluation.task.evaluate_datasets`, run every `config.eval.every_steps`
-and at the end of training; results go to metrics.jsonl (kind "eval") and summary.json.
+Thin glue over the evaluation library (`clipjax.evaluation.suite.evaluate_datasets`), run every
+`config.eval.every_steps` and at the end of training; results go to metrics.jsonl (kind "eval")
+and summary.json.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import re
 from typing import Any
 
 import ml_collections as mlc
+
+from clipjax.evaluation import suite
 
 __all__ = ["Evaluator", "format_table"]
 
@@ -31,9 +34,7 @@ class Evaluator:
   def __call__(self, params: Any, step: int) -> dict[str, Any]:
     if not self.config.eval.datasets:
       return {}
-    from clipjax.evaluation import task
-
-    return task.evaluate_datasets(
+    return suite.evaluate_datasets(
       self.model,
       params,
       self.config.eval.datasets.to_dict(),

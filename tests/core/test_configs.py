@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from clipjax import main
+from clipjax import tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -25,7 +25,7 @@ def test_config_builds(path, arg):
   module = _load(path)
   assert module.__doc__, f"{path} needs a docstring with its command"
   config = module.get_config(arg)
-  assert config.get("task", "train") in main.TASKS
+  assert config.get("task", "train") in tasks.TASKS
   config.lock()
   with pytest.raises(AttributeError):
     config.no_such_key_anywhere = 1

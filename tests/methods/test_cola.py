@@ -179,7 +179,7 @@ def test_bad_inputs_are_named(tmp_path):
 
 
 def test_tokenizer_comes_from_the_config_else_the_checkpoint_workdir(tmp_path):
-  from clipjax.evaluation import cola_task
+  from clipjax.tasks import cola_eval as cola_task
 
   wdir = tmp_path / "run"
   (wdir / "checkpoints").mkdir(parents=True)
@@ -206,8 +206,7 @@ def _smoke_config():
 def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
   from clipjax import config_lib, runs
   from clipjax.attacks import Stochastic
-  from clipjax.evaluation import cola_task
-  from clipjax.fusion.task import save_params_workdir
+  from clipjax.tasks import cola_eval as cola_task
 
   config = _smoke_config()
   assert config.task == "cola_eval"
@@ -216,7 +215,7 @@ def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
   train.data.context_length = 16
   assert config.data.context_length != 16
   model = runs.build_model(train.model.to_dict(), train.data.image_size, 16, jax.random.key(0))
-  config.model.init_checkpoint = save_params_workdir(
+  config.model.init_checkpoint = runs.save_params_workdir(
     model.params, train.to_dict(), str(tmp_path / "ckpt")
   )
   out = cola_task.run(config, str(tmp_path / "fresh"))
@@ -268,7 +267,7 @@ def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
   monkeypatch.setattr(cola_task._Progress, "put", real_put)
   partial = json.loads((wdir / "results.partial.json").read_text())
   assert list(partial["steps"]) == ["pgd/transfer"]
-  assert not (wdir / "results.json").exists()
+  assert not (wdir / "summary.json").exists()
 
   # A different config in that workdir is refused, naming the progress file.
   other = _smoke_config()

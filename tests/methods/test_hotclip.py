@@ -15,6 +15,7 @@ from clipjax import model as model_lib
 from clipjax.data.tokenizer import Tokenizer
 from clipjax.methods import hotclip
 from clipjax.methods.base import Embeddings
+from clipjax.tasks import train as train_task
 from clipjax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -185,7 +186,7 @@ def test_fuse_config_arguments_select_fusions_and_attacks():
 def test_submodel_smoke_trains_only_the_visual_tower(tmp_path):
   config = _config("hotclip_submodel", "smoke,attack=mim,prompt=1")
   assert config.data.train_labels == ["shape"]
-  summary = loop.run(config, str(tmp_path / "sub"))
+  summary = train_task.run(config, str(tmp_path / "sub"))
   assert summary["finished"]
   events = [
     json.loads(line)
@@ -204,7 +205,7 @@ def test_submodel_smoke_trains_only_the_visual_tower(tmp_path):
 
 
 def test_fuse_task_smoke_on_two_workdirs(tmp_path):
-  from clipjax.fusion import task
+  from clipjax.tasks import hotclip_fuse as task
 
   # Two submodel workdirs written here: a freshly initialised smoke submodel and a perturbed copy.
   sub_config = _config("hotclip_submodel", "smoke,attack=mim,prompt=1")
@@ -214,8 +215,8 @@ def test_fuse_task_smoke_on_two_workdirs(tmp_path):
   p2 = jax.tree.map(
     lambda x: np.asarray(x) + np.float32(0.01) * rng.normal(size=np.shape(x)).astype(np.float32), p
   )
-  sub = task.save_params_workdir(p, run_config, str(tmp_path / "sub"))
-  other = task.save_params_workdir(p2, run_config, str(tmp_path / "other"))
+  sub = runs.save_params_workdir(p, run_config, str(tmp_path / "sub"))
+  other = runs.save_params_workdir(p2, run_config, str(tmp_path / "other"))
   config = _config("hotclip_fuse", "smoke")
   config.workdirs = [[sub], [other]]
   config.evaluate_submodels = False

@@ -16,7 +16,8 @@ from clipjax import model as model_lib
 from clipjax.methods import ncu
 from clipjax.methods.base import Embeddings
 from clipjax.ot import plans
-from clipjax.train import loop, optim
+from clipjax.tasks import train as train_task
+from clipjax.train import optim
 from clipjax.train.state import TrainState
 from clipjax.train.step import train_step
 
@@ -346,7 +347,7 @@ def test_smoke_config_runs_both_stages(tmp_path):
   c = ncu_config.get_config("smoke")
   c.eval.datasets = {}  # evaluation is covered by the trainer's tests; keep this one short
   assert [s["name"] for s in c.stages] == ["hn", "unlearn"]
-  summary = loop.run(c, str(tmp_path))
+  summary = train_task.run(c, str(tmp_path))
   assert summary["finished"]
   events = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   train = [e for e in events if e.get("kind") == "train"]

@@ -349,7 +349,7 @@ def test_backdoor_config_builds_backdoored_source():
 
 
 def test_config_methods_and_smoke_run(tmp_path):
-  from clipjax.train import loop
+  from clipjax.tasks import train as train_task
 
   cfg_mod = _load_config()
   for name in cfg_mod.METHOD_NAMES:
@@ -360,7 +360,7 @@ def test_config_methods_and_smoke_run(tmp_path):
   c = cfg_mod.get_config("smoke")
   c.eval.max_examples = 16
   c.checkpoint.async_save = False
-  summary = loop.run(c, str(tmp_path / "otc"))
+  summary = train_task.run(c, str(tmp_path / "otc"))
   assert summary["finished"]
   rows = [json.loads(x) for x in (tmp_path / "otc" / "metrics.jsonl").read_text().splitlines()]
   train = [r for r in rows if r.get("kind") == "train"]

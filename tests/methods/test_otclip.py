@@ -260,12 +260,12 @@ def test_partial_ot_selective_drops_outliers_and_risk_coverage():
 
 def test_smoke_config_trains_through_loop(tmp_path):
   sys.path.insert(0, REPO)
-  from clipjax.train import loop
+  from clipjax.tasks import train as train_task
   from configs import otclip as otclip_config
 
   c = otclip_config.get_config("loss=fgw,smoke")
   c.eval.datasets = {}
-  summary = loop.run(c, str(tmp_path))
+  summary = train_task.run(c, str(tmp_path))
   assert summary["finished"] and summary["step"] == c.total_steps
   events = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   train = [e for e in events if e.get("kind") == "train"]

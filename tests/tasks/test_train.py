@@ -15,7 +15,7 @@ import pytest
 from clipjax import checkpointing, metrics
 from clipjax import methods as methods_lib
 from clipjax.methods.base import Method
-from clipjax.train import loop
+from clipjax.tasks import train as train_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,7 +50,7 @@ def _params(workdir):
 def test_run_writes_outputs_and_resumes(tmp_path):
   c = _config()
   c.total_steps = 5  # not a multiple of checkpoint.every_steps: the last step is still saved
-  summary = loop.run(c, str(tmp_path))
+  summary = train_task.run(c, str(tmp_path))
   assert summary["finished"] and summary["step"] == c.total_steps
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["total_steps"] == c.total_steps
@@ -65,16 +65,16 @@ def test_run_writes_outputs_and_resumes(tmp_path):
   assert ck.latest_step() == c.total_steps
   ck.close()
   # Same command again: resumes at the end and does not train further.
-  again = loop.run(c, str(tmp_path))
+  again = train_task.run(c, str(tmp_path))
   assert again["step"] == c.total_steps
 
 
 def test_incompatible_config_is_refused(tmp_path):
   c = _config()
-  loop.run(c, str(tmp_path))
+  train_task.run(c, str(tmp_path))
   c.optim.lr = 0.5
   with pytest.raises(ValueError, match=r"optim\.lr: 0\.001 -> 0\.5"):
-    loop.run(c, str(tmp_path))
+    train_task.run(c, str(tmp_path))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -93,7 +93,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     c.checkpoint.every_steps = 2
     c.log_every_steps = 100
     with pytest.raises(metrics.NonFiniteError, match="step 4"):
-      loop.run(c, str(tmp_path))
+      train_task.run(c, str(tmp_path))
   finally:
     del methods_lib.REGISTRY["_nan_after_3"]
   ck = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_every=1)

@@ -1,43 +1,25 @@
-"""The eval task: wiring against a direct computation, workdir and imported checkpoints, TFDS."""
+"""The evaluation suite: wiring against a direct computation, TFDS, selective, ASR, linear probe."""
 
-import gzip
-import json
 import os
-import sys
 
 import jax
-import ml_collections as mlc
 import numpy as np
 import pytest
 
 import clipjax.model as model_lib
 from clipjax.data import registry
 from clipjax.data.tokenizer import Tokenizer
-from clipjax.evaluation import task, zeroshot
+from clipjax.evaluation import suite, zeroshot
 from clipjax.methods import otclip
-from clipjax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 SPEC = {"name": "synthetic", "split": "test", "seed": 0}
 
 
-def _eval_config(checkpoint, **kw):
-  sys.path.insert(0, REPO)
-  from configs import eval as eval_config
-
-  c = eval_config.get_config("smoke")
-  c.checkpoint = str(checkpoint)
-  c.datasets = {"shapes": SPEC}
-  c.robustness.attacks = []
-  for k, v in kw.items():
-    c[k] = v
-  return c
-
-
 def test_zeroshot_matches_direct_computation():
   model = model_lib.create("tiny", jax.random.key(1), **{"text.context_length": 32})
-  out = task.evaluate_datasets(
+  out = suite.evaluate_datasets(
     model,
     model.params,
     {"s": SPEC},
@@ -62,93 +44,17 @@ def test_zeroshot_matches_direct_computation():
   assert out["s/zeroshot/colour/acc1/chance"] == pytest.approx(1 / len(ls.classnames))
 
 
-def test_eval_cli_on_trained_workdir(tmp_path):
-  sys.path.insert(0, REPO)
-  from configs import quickstart
-
-  c = quickstart.get_config("smoke")
-  c.eval.datasets = {}
-  loop.run(c, str(tmp_path / "run"))
-  ec = _eval_config(tmp_path / "run")
-  ec.robustness.attacks = [
-    {"name": "pgd", "eps": 0.0, "step_size": 1 / 255, "steps": 2, "label": "eps0"},
-    {"name": "pgd", "eps": 0.5, "step_size": 0.1, "steps": 2, "label": "eps_big"},
-  ]
-  metrics = task.run(ec, str(tmp_path / "eval"))
-  summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-  assert summary["shapes/n"] == 48
-  assert 0.0 <= metrics["shapes/zeroshot/shape/acc1"] <= 1.0
-  assert "| shapes/zeroshot/shape/acc1 |" in (tmp_path / "eval" / "results.md").read_text()
-  # ε = 0 changes nothing; ε = 0.5 (half the pixel range) breaks every prediction.
-  prefix = "shapes/robust/shape"
-  assert metrics[f"{prefix}/eps0/robust_acc"] == metrics[f"{prefix}/clean_acc"]
-  assert metrics[f"{prefix}/eps_big/robust_acc"] <= 0.1
-  assert metrics[f"{prefix}/worst_case/robust_acc"] <= metrics[f"{prefix}/eps0/robust_acc"]
-  assert metrics[f"{prefix}/eps_big/eps"] == 0.5
-  # Selective classification (on by default) and the figures next to summary.json.
-  assert 0.0 <= metrics["shapes/selective/shape/msp/risk@0.5"] <= 1.0
-  curve = summary["curves"]["shapes/selective/shape/msp"]
-  assert curve["coverage"][-1] == 1.0
-  assert curve["risk"][-1] == pytest.approx(1.0 - metrics["shapes/zeroshot/shape/acc1"])
-  assert summary["attacks"]["eps_big"]["eps"] == 0.5
-  for name in (
-    "robustness_shapes_shape",
-    "risk_coverage_shapes",
-    "pca_shapes",
-    "similarity_shapes",
-  ):
-    with open(tmp_path / "eval" / f"{name}.png", "rb") as f:
-      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def _first_merges(n, path):
-  """A CLIP-format merges file holding the first `n` merges of OpenAI's vocabulary."""
-  vocab = os.path.join(REPO, "clipjax", "data", "bpe_simple_vocab_16e6.txt.gz")
-  with gzip.open(vocab, "rt", encoding="utf-8") as f:
-    lines = f.read().split("\n")[: n + 1]
-  with gzip.open(path, "wt", encoding="utf-8") as f:
-    f.write("\n".join(lines))
-  return str(path)
-
-
-def test_eval_cli_on_imported_hf_checkpoint(tmp_path, monkeypatch):
-  ckpt = os.path.join(FIXTURES, "parity", "hf")
-  # The default OpenAI vocabulary does not fit the fixture's 1000-token text tower.
-  with pytest.raises(ValueError, match="does not fit the model's text tower"):
-    task.run(_eval_config(ckpt), str(tmp_path / "bad"))
-  assert not (tmp_path / "bad").exists()
-  # 512 byte symbols + 486 merges + sot/eot = the fixture's 1000 tokens, eot = 999.
-  merges = _first_merges(486, tmp_path / "m.txt.gz")
-  assert Tokenizer(merges).eot_id == 999
-  # Without matplotlib the figures are skipped (with a logged message), the rest is written.
-  find_spec = task.importlib.util.find_spec
-  monkeypatch.setattr(
-    task.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else
-    find_spec(name, *a),
-  )  # fmt: skip
-  metrics = task.run(_eval_config(ckpt, tokenizer=str(merges)), str(tmp_path / "eval"))
-  assert metrics["shapes/n"] == 48
-  assert all(np.isfinite(v) for k, v in metrics.items() if k.endswith("acc1"))
-  assert (tmp_path / "eval" / "summary.json").exists()
-  assert not list((tmp_path / "eval").glob("*.png"))
-
-
 def test_tfds_dataset_through_mock_data():
   tfds = pytest.importorskip("tensorflow_datasets")
   model = model_lib.create("tiny", jax.random.key(0), **{"text.context_length": 32})
   spec = {"name": "tfds", "tfds_name": "mnist", "split": "test", "skip_decoding": False}
   with tfds.testing.mock_data(num_examples=20):
-    out = task.evaluate_datasets(
+    out = suite.evaluate_datasets(
       model, model.params, {"mnist": spec}, image_size=32, context_length=32, batch_size=16,
       max_examples=20,
     )  # fmt: skip
   assert out["mnist/n"] == 20
   assert out["mnist/zeroshot/label/acc1/chance"] == pytest.approx(0.1)
-
-
-def test_missing_checkpoint_is_a_clear_error(tmp_path):
-  with pytest.raises(ValueError, match="config.checkpoint is empty"):
-    task.run(mlc.ConfigDict({"checkpoint": ""}), str(tmp_path))
 
 
 def _classifier(weights_cd, logit_scale=10.0):
@@ -166,7 +72,7 @@ def test_selective_msp_matches_risk_coverage_and_partial_ot_oracle():
   labels_n = rng.integers(0, 4, 60)
   clf = _classifier(weights_cd)
   opts = {"coverages": [0.5, 0.8], "partial_ot_epsilon": 0.05, "curve_points": 4}
-  got, curves = task.selective_metrics(zimg_nd, labels_n, clf, selectors=["msp"], **opts)
+  got, curves = suite.selective_metrics(zimg_nd, labels_n, clf, selectors=["msp"], **opts)
   logits = 10.0 * zimg_nd @ weights_cd.T
   probs = np.exp(logits - logits.max(1, keepdims=True))
   probs /= probs.sum(1, keepdims=True)
@@ -182,16 +88,16 @@ def test_selective_msp_matches_risk_coverage_and_partial_ot_oracle():
   labels_n = np.arange(40) % 4
   near_nd = weights_cd[labels_n] + 0.05 * rng.normal(size=(40, 8)).astype(np.float32)
   near_nd /= np.linalg.norm(near_nd, axis=1, keepdims=True)
-  got, curves = task.selective_metrics(
+  got, curves = suite.selective_metrics(
     near_nd, labels_n, clf, selectors=["msp", "partial_ot"], **opts
   )
   assert got["partial_ot/risk@0.5"] == 0.0 and got["partial_ot/risk@0.8"] == 0.0
   assert got["msp/aurc"] == 0.0
   np.testing.assert_allclose(curves["partial_ot"]["coverage"], [0.25, 0.5, 0.75, 0.8, 1.0])
   with pytest.raises(ValueError, match="each must be one of"):
-    task.selective_metrics(near_nd, labels_n, clf, selectors=["entropy"], **opts)
+    suite.selective_metrics(near_nd, labels_n, clf, selectors=["entropy"], **opts)
   with pytest.raises(ValueError, match=r"coverages must lie in \(0, 1\]"):
-    task.selective_metrics(near_nd, labels_n, clf, selectors=["msp"], **{**opts, "coverages": [0]})
+    suite.selective_metrics(near_nd, labels_n, clf, selectors=["msp"], **{**opts, "coverages": [0]})
 
 
 def _direct_preds(model, images_nhwc, ls, tok):
@@ -216,10 +122,10 @@ def test_attack_success_rate_and_linear_probe_match_direct_computation():
            "max_iter": 200}  # fmt: skip
   kw = {"image_size": 32, "context_length": 32, "batch_size": 16, "max_examples": 24}
   with pytest.raises(ValueError, match="'b' is evaluated on split 'test', the same as"):
-    task.evaluate_datasets(
+    suite.evaluate_datasets(
       model, model.params, {"b": backdoor}, **kw, linear_probe={"train_split": "test"}
     )
-  out = task.evaluate_datasets(
+  out = suite.evaluate_datasets(
     model, model.params, {"p": poison, "b": backdoor}, **kw, linear_probe=probe
   )
   # Poison: the target images, classified as their adversarial class.

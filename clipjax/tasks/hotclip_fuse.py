@@ -25,10 +25,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
-from etils import epath
 
-from clipjax import checkpointing, runs
-from clipjax import metrics as metrics_lib
+from clipjax import runs
 from clipjax.data import pipeline, registry
 from clipjax.data.sources import label_sets_of
 from clipjax.data.tokenizer import Tokenizer
@@ -36,8 +34,9 @@ from clipjax.evaluation import robust_accuracy, zeroshot
 from clipjax.fusion import align as align_lib
 from clipjax.fusion import hierarchical
 from clipjax.fusion import spec as spec_lib
+from clipjax.tasks import train as train_task
 
-__all__ = ["FUSIONS", "peak_rss_reset", "peak_rss_bytes", "run", "save_params_workdir"]
+__all__ = ["FUSIONS", "peak_rss_bytes", "peak_rss_reset", "run"]
 
 FUSIONS = ("hierarchical", "direct_ot", "average", "ensemble")
 
@@ -75,29 +74,6 @@ def _rss_bytes() -> int | None:
   return None
 
 
-def save_params_workdir(params: dict, run_config: dict[str, Any], path: str) -> str:
-  """Writes `params` as a clipjax workdir (`config.json` + `checkpoints/` at step 0).
-
-  Args:
-    params: model params (no `method` entry).
-    run_config: a training config dict describing the architecture (e.g. a submodel's
-      `config.json`); `runs.load_model(path)` rebuilds the model from it.
-    path: the new workdir (must not hold checkpoints yet).
-  """
-  wdir = epath.Path(path)
-  if (wdir / "checkpoints").exists():
-    raise FileExistsError(f"{path!r} already holds checkpoints; use a new workdir")
-  wdir.mkdir(parents=True, exist_ok=True)
-  (wdir / "config.json").write_text(json.dumps(run_config, indent=2, sort_keys=True))
-  ckpt = checkpointing.Checkpointer(str(wdir / "checkpoints"), save_every=1, async_save=False)
-  try:
-    ckpt.save(0, {"params": jax.device_get(params)}, force=True)
-    ckpt.wait()
-  finally:
-    ckpt.close()
-  return str(wdir)
-
-
 def _grid(config: mlc.ConfigDict) -> list[list[str]]:
   grid = [[str(w) for w in row] for row in config.workdirs]
   if not grid or any(not row for row in grid):
@@ -113,9 +89,7 @@ def _finetune(
   params: dict, base_cfg: dict, method: dict, frozen: list[str], steps: int, out: str, seed: int
 ) -> dict:
   """Fine-tunes `params` for `steps` with the trainer (`base_cfg` with `method`, `frozen`)."""
-  from clipjax.train import loop
-
-  init = save_params_workdir(params, base_cfg, out + "_init")
+  init = runs.save_params_workdir(params, base_cfg, out + "_init")
   cfg = mlc.ConfigDict(json.loads(json.dumps(base_cfg)))
   cfg.model.init_checkpoint = init
   cfg.method = method
@@ -127,7 +101,7 @@ def _finetune(
   cfg.checkpoint.async_save = False
   cfg.eval.every_steps = int(steps)
   cfg.eval.max_examples = min(int(cfg.eval.max_examples), 64)
-  loop.run(cfg, out)
+  train_task.run(cfg, out)
   return runs.load_model(out).params
 
 
@@ -160,9 +134,15 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   unknown = sorted(set(config.fusions) - set(FUSIONS))
   if unknown:
     raise ValueError(f"config.fusions has unknown entries {unknown}; valid: {list(FUSIONS)}")
-  wdir = epath.Path(workdir)
-  wdir.mkdir(parents=True, exist_ok=True)
-  (wdir / "config.json").write_text(config.to_json_best_effort(sort_keys=True, indent=2))
+  run_dir = runs.open_run(workdir, config, task="hotclip_fuse")
+  wdir = run_dir.path
+  leftovers = [wdir / d for d in ("fused", "finetune") if (wdir / d).exists()]
+  if leftovers:
+    raise ValueError(
+      f"Refusing to fuse into {workdir!r}: it already holds {[str(p) for p in leftovers]} from "
+      "a run of this config, and hotclip_fuse does not resume. Delete them to start over, or "
+      "use another --workdir."
+    )
   a0, t0 = int(config.anchor[0]), int(config.anchor[1])
   anchor_cfg = runs.read_run_config(grid[a0][t0])
   model = runs.load_model(grid[a0][t0])
@@ -199,6 +179,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     seen += int(np.sum(b["valid"]))
     if seen >= config.eval.max_examples:
       break
+  run_dir.start()
   enc_txt = jax.jit(lambda p, ids: model.encode_text(p, ids).emb)
   clf = zeroshot.build_classifier(
     lambda ids: enc_txt(model.params, ids),
@@ -321,7 +302,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
 
   for name, params in fused.items():
     results[name].update(evaluate_params(params))
-    path = save_params_workdir(params, anchor_cfg, str(wdir / "fused" / name))
+    path = runs.save_params_workdir(params, anchor_cfg, str(wdir / "fused" / name))
     results[name]["saved"] = path
     for layout in config.export_layouts:
       target = wdir / "export" / f"{name}-{layout}"
@@ -340,9 +321,9 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     "eval": {"label_set": config.eval.label_set, "templates": templates, "attacks": attacks},
     "models": results,
   }
-  (wdir / "summary.json").write_text(json.dumps(metrics_lib.to_python(summary), indent=2))
   table = format_table(results, attacks)
   (wdir / "results.md").write_text(table)
+  run_dir.write_summary(summary)
   print(table, flush=True)
   return summary
 

@@ -1,9 +1,8 @@
-"""Evaluation task: zero-shot classification and retrieval of any model on a list of datasets.
+"""Evaluation suite: zero-shot classification and retrieval of any model on a list of datasets.
 
-`python -m clipjax.main --config configs/eval.py --config.checkpoint=PATH --workdir DIR`
-evaluates a clipjax workdir or an imported OpenAI / open_clip / HF checkpoint and writes
-`DIR/summary.json`, `DIR/results.md`, `DIR/metrics.jsonl` and PNG figures (`config.plots`).
-The trainer's periodic evaluation calls `evaluate_datasets` too.
+`evaluate_datasets` is what the `eval` task (`clipjax.tasks.eval`) and the trainer's periodic
+evaluation (`clipjax.train.periodic_eval`) both call; `evaluate_robustness` adds white-box
+attacks.
 
 Per dataset (a data spec, see `clipjax.data.registry`): zero-shot top-1/top-5/balanced accuracy
 for every label set of the source (held-out classes reported separately), and image↔text
@@ -38,24 +37,17 @@ cross-host gathers of embeddings.
 from __future__ import annotations
 
 import functools
-import importlib.util
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections as mlc
 import numpy as np
-from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
 
-from clipjax import metrics as metrics_lib
-from clipjax import runs, sharding
+from clipjax import sharding
 from clipjax.data import corrupt, pipeline, registry
 from clipjax.data.sources import label_sets_of
 from clipjax.data.tokenizer import Tokenizer
@@ -71,7 +63,6 @@ __all__ = [
   "evaluate_datasets",
   "evaluate_robustness",
   "format_markdown",
-  "run",
   "selective_metrics",
 ]
 
@@ -618,104 +609,3 @@ def format_markdown(metrics: dict[str, Any], title: str) -> str:
     value = f"{v:.4f}" if not (isinstance(v, float) and math.isnan(v)) else "nan"
     lines.append(f"| {k} | {value} | {'' if chance is None else f'{chance:.4f}'} |")
   return "\n".join(lines) + "\n"
-
-
-def _write_figures(wdir: epath.Path, extras: dict[str, Any]) -> list[str]:
-  """Writes the figures next to summary.json and returns their paths.
-
-  Robustness and risk–coverage curves come from summary.json (`plots.plot_workdir`); for the
-  first dataset, PCA of image vs caption embeddings and histograms of the similarities of
-  matching vs non-matching pairs (its first 2000 images).
-  """
-  written = plots.plot_workdir(str(wdir))
-  embeddings = extras.get("embeddings") or {}
-  first = next(iter(embeddings), None)
-  if first is not None:
-    zimg_nd, ztxt_nd, ids_nl = (embeddings[first][k] for k in ("zimg_nd", "ztxt_nd", "ids_nl"))
-    safe = plots.safe_filename(first)
-    written.append(
-      plots.plot_embedding_pca(
-        zimg_nd, ztxt_nd, os.fspath(wdir / f"pca_{safe}.png"),
-        title=f"{first}: image vs caption embeddings (PCA)",
-      )
-    )  # fmt: skip
-    zimg_nd, ztxt_nd, ids_nl = zimg_nd[:2000], ztxt_nd[:2000], ids_nl[:2000]
-    sim_nn = zimg_nd @ ztxt_nd.T
-    # Templated captions repeat: a pair is negative only if the caption texts differ.
-    same_nn = np.all(ids_nl[:, None, :] == ids_nl[None, :, :], axis=-1)
-    neg_m = sim_nn[~same_nn]
-    if neg_m.size > 20_000:
-      neg_m = np.random.default_rng(0).choice(neg_m, size=20_000, replace=False)
-    if neg_m.size:
-      written.append(
-        plots.plot_similarity_histograms(
-          np.diagonal(sim_nn), neg_m, os.fspath(wdir / f"similarity_{safe}.png"),
-          title=f"{first}: image–caption cosine similarity",
-        )
-      )  # fmt: skip
-  return written
-
-
-def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
-  """The `eval` task: load `config.checkpoint`, evaluate `config.datasets`, write results."""
-  if not config.checkpoint:
-    raise ValueError("config.checkpoint is empty: pass --config.checkpoint=PATH (a clipjax "
-                     "workdir or an OpenAI/open_clip/HF checkpoint).")  # fmt: skip
-  model = runs.load_model(config.checkpoint)
-  image_size = config.image_size or model.config.vision.image_size
-  context_length = config.context_length or model.config.text.context_length
-  lp_opts = config.linear_probe.to_dict()
-  sel_opts = config.selective.to_dict()
-  extras: dict[str, Any] = {}
-  metrics = evaluate_datasets(
-    model,
-    model.params,
-    config.datasets.to_dict(),
-    image_size=image_size,
-    context_length=context_length,
-    batch_size=config.batch_size,
-    max_examples=config.max_examples,
-    tokenizer=config.tokenizer,
-    linear_probe=lp_opts if lp_opts.pop("enabled") else None,
-    selective=sel_opts if sel_opts.pop("enabled") else None,
-    extras=extras,
-  )
-  attacks = [dict(a) for a in config.robustness.attacks]
-  if attacks:
-    metrics.update(
-      evaluate_robustness(
-        model,
-        model.params,
-        config.datasets.to_dict(),
-        label_set=config.robustness.label_set,
-        attacks=attacks,
-        image_size=image_size,
-        context_length=context_length,
-        batch_size=config.batch_size,
-        max_examples=config.robustness.max_examples,
-        tokenizer=config.tokenizer,
-      )
-    )
-  if jax.process_index() == 0:
-    wdir = epath.Path(workdir)
-    wdir.mkdir(parents=True, exist_ok=True)
-    (wdir / "config.json").write_text(config.to_json_best_effort(sort_keys=True, indent=2))
-    summary: dict[str, Any] = {"checkpoint": config.checkpoint, **metrics}
-    if attacks:
-      summary["attacks"] = {a.get("label") or a["name"]: a for a in attacks}
-    if extras.get("curves"):
-      summary["curves"] = extras["curves"]
-    (wdir / "summary.json").write_text(json.dumps(metrics_lib.to_python(summary), indent=2))
-    table = format_markdown(metrics, f"Evaluation of {config.checkpoint}")
-    (wdir / "results.md").write_text(table)
-    metrics_lib.MetricWriter(str(wdir)).write(0, metrics, kind="eval")
-    print(table, flush=True)
-    if config.plots and importlib.util.find_spec("matplotlib") is None:
-      logging.warning(
-        "config.plots=True but matplotlib is not installed (pip install 'clipjax[plot]'): "
-        "no figures written."
-      )
-    elif config.plots:
-      for path in _write_figures(wdir, extras):
-        print(f"figure: {path}", flush=True)
-  return metrics

@@ -1,4 +1,4 @@
-"""Task ``cola_eval``: clean and robust accuracy of COLA and its ablations on a checkpoint.
+"""The ``cola_eval`` task: clean and robust accuracy of COLA and its ablations on a checkpoint.
 
 ``run(config, workdir)`` (dispatched by ``clipjax.main`` for ``config.task == "cola_eval"``,
 see ``configs/cola.py``):
@@ -27,7 +27,7 @@ see ``configs/cola.py``):
    * ``masking_check``: black-box (Square) minus white-box robust accuracy per classifier; a
      clearly negative gap is evidence of gradient masking.
 
-4. measures COLA's overhead beyond the N image-encoder passes, and writes ``results.json`` (with
+4. measures COLA's overhead beyond the N image-encoder passes, and writes ``summary.json`` (with
    ``robust_examples``: per step ``"<attack>/transfer"`` → classifier → indices, and
    ``"<attack>/adaptive/<variant>"`` → indices, of the examples left correct) and ``results.md``
    (a markdown table) to ``workdir``.
@@ -35,14 +35,13 @@ see ``configs/cola.py``):
 Adaptive attacks through COLA take minutes per (variant, attack) on a CPU. After each transfer
 attack and each adaptive (attack, variant) the results so far, per example, are saved to
 ``workdir/results.partial.json``; rerunning the same config in the same workdir resumes from it
-(a different config there is an error naming the file). It is removed once ``results.json`` is
-written.
+(a different config there is refused by ``clipjax.runs.open_run``, naming the file). It is
+removed once ``summary.json`` is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Any
 
@@ -148,29 +147,24 @@ def merges_path(config: mlc.ConfigDict) -> str | None:
 
 
 class _Progress:
-  """Per-step results of an unfinished run (``results.partial.json``), so a rerun resumes."""
+  """Per-step results of an unfinished run (``results.partial.json``), so a rerun resumes.
 
-  def __init__(self, wdir: epath.Path, config_json: str):
+  Only a run of the same config gets here (``clipjax.runs.open_run`` refuses any other).
+  """
+
+  def __init__(self, wdir: epath.Path):
     self.path = wdir / "results.partial.json"
-    self.state = {"config": json.loads(config_json), "steps": {}}
+    self.state: dict[str, Any] = {"steps": {}}
     if self.path.exists():
-      prev = json.loads(self.path.read_text())
-      if prev.get("config") != self.state["config"]:
-        raise ValueError(
-          f"{self.path} holds the progress of a run with a different config: use another "
-          "workdir, or delete that file to start over"
-        )
-      self.state = prev
-      print(f"resuming from {self.path}: {len(prev['steps'])} attack steps done", flush=True)
+      self.state = runs.read_json(self.path)
+      print(f"resuming from {self.path}: {len(self.state['steps'])} attack steps done", flush=True)
 
   def get(self, step: str) -> dict[str, Any] | None:
     return self.state["steps"].get(step)
 
   def put(self, step: str, value: dict[str, Any]) -> None:
     self.state["steps"][step] = value
-    tmp = self.path.parent / (self.path.name + ".tmp")
-    tmp.write_text(json.dumps(self.state))
-    tmp.replace(self.path)
+    runs.write_json(self.path, self.state)
 
   def finish(self) -> None:
     self.path.unlink(missing_ok=True)
@@ -194,11 +188,7 @@ def _timed(fn, *args, repeats=3):
 
 def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates COLA per ``config`` (see module docstring); returns the results dict."""
-  wdir = epath.Path(workdir)
-  wdir.mkdir(parents=True, exist_ok=True)
-  config_json = config.to_json_best_effort(sort_keys=True, indent=2)
-  progress = _Progress(wdir, config_json)
-  (wdir / "config.json").write_text(config_json)
+  run_dir = runs.open_run(workdir, config, task="cola_eval")
   model = runs.build_model(
     config.model.to_dict(),
     config.data.image_size,
@@ -212,6 +202,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   x_all, y_all, lset = load_examples(
     ev.dataset.to_dict(), ev.label_set, image_size, ev.max_examples
   )
+
   tok = Tokenizer(merges_path(config), context_length=context_length)
   tokenize = lambda texts: tok(texts)
   encode_text = jax.jit(lambda ids: model.encode_text(params, ids).emb)
@@ -284,6 +275,10 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     clean_correct[name] = accuracy(name, batches, keys)
     results["clean"][name] = float(np.mean(clean_correct[name]))
   print(f"clean: {results['clean']}", flush=True)
+  # Config, data, model and tokenizer have all worked: claim the directory.
+  run_dir.start()
+  wdir = run_dir.path
+  progress = _Progress(wdir)
 
   for spec in config.attacks:
     spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
@@ -375,8 +370,8 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     t_full = _timed(predictors[name], x_b, keys[0])
     timing[name] = {"encoder_s": t_enc, "cola_s": t_full, "overhead": t_full / t_enc - 1.0}
   results["timing"] = timing
-  (wdir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
   (wdir / "results.md").write_text(format_results(results))
+  run_dir.write_summary(results)
   progress.finish()
   print(format_results(results), flush=True)
   return results
