@@ -267,7 +267,12 @@ def _claims(claims: Sequence[Claim], records: Sequence[dict]) -> list[str]:
   for c in claims:
     row = claim_row(c, records)
     where = "same checkpoint" if c.b_group is None else f"vs `{c.b_group}`"
-    comp = f"`{c.a}` of {'+'.join(f'`{g}`' for g in c.a_groups)} − `{c.b}` ({where})"
+    groups = (
+      " + ".join(f"`{g}`" for g in c.a_groups)
+      if len(c.a_groups) <= 2
+      else f"{len(c.a_groups)} groups pooled"
+    )
+    comp = f"`{c.a}` of {groups} − `{c.b}` ({where})"
     sign = {1: "> 0", -1: "< 0", 0: f"within ± {c.margin * c.scale:g}"}[c.direction]
     mean = "–" if row["n"] == 0 else f"{row['mean']:+.2f}"
     ci = "–" if row["n"] == 0 else f"[{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]"
