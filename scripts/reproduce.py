@@ -76,17 +76,15 @@ def train_command(run: grid_lib.Run, root: pathlib.Path) -> list[str]:
 
 
 def is_finished(run: grid_lib.Run, workdir: pathlib.Path) -> bool:
-  """Whether a done file of the run exists and does not record an unfinished run."""
-  names = (run.done_file,) if isinstance(run.done_file, str) else run.done_file
-  for path in (workdir / n for n in names):
-    if not path.exists():
-      continue
-    try:
-      content = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-      raise SystemExit(f"{path}: not valid JSON ({e}); inspect or remove the workdir") from e
-    return not (isinstance(content, dict) and content.get("finished") is False)
-  return False
+  """Whether the run's done file exists and does not record an unfinished run."""
+  path = workdir / run.done_file
+  if not path.exists():
+    return False
+  try:
+    content = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise SystemExit(f"{path}: not valid JSON ({e}); inspect or remove the workdir") from e
+  return not (isinstance(content, dict) and content.get("finished") is False)
 
 
 def git_commit() -> str:

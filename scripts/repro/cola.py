@@ -10,8 +10,6 @@ its ablations, and the per-example worst case.
 
 from __future__ import annotations
 
-import os
-
 from repro import bases as bases_lib
 from repro.grid import Claim, Column, Run, Table, read_json
 
@@ -19,9 +17,6 @@ SEEDS = 1  # view-sampling seeds per base
 BASES = 3
 CLASSIFIERS = ("base", "cola", "cola_no_proj", "cola_uniform", "views_mean")
 FULL_ARGS = "label_set=colour,n=200,eps=1+4,eot=4,queries=200"
-# cola_eval's results: summary.json once it follows the run-directory contract (issue 21),
-# results.json before.
-RESULTS = ("summary.json", "results.json")
 
 
 def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
@@ -40,7 +35,6 @@ def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
           deps=(base,),
           seed=s,
           base=base,
-          done_file=RESULTS,
         )
       )
   return out
@@ -52,15 +46,9 @@ def _threat(label: str) -> str:
 
 
 def metrics(run: Run, workdir: str) -> dict[str, float]:
+  res = read_json(workdir, "summary.json")
   if run.group == "base":
-    summary = read_json(workdir, "summary.json")
-    return {k: v for k, v in summary.items() if "/zeroshot/" in k and k.endswith("/acc1")}
-  for name in RESULTS:
-    res = read_json(workdir, name) if os.path.exists(os.path.join(workdir, name)) else {}
-    if "clean" in res:
-      break
-  else:
-    raise FileNotFoundError(f"{workdir}: no cola_eval results (key 'clean') in any of {RESULTS}")
+    return {k: v for k, v in res.items() if "/zeroshot/" in k and k.endswith("/acc1")}
   out = {f"clean/{k}": v for k, v in res["clean"].items()}
   for protocol in ("transfer", "adaptive"):
     for label, row in res[protocol].items():

@@ -49,7 +49,7 @@ class Run:
     base: name of the base run it starts from or evaluates (pairs runs too); None if none.
     evaluate: name of a post-run evaluation function of the method module, or None.
     eval_args: keyword arguments of that function (JSON-serialisable).
-    done_file: the file whose presence in the workdir means the run finished (several: any).
+    done_file: the file whose presence in the workdir means the run finished.
   """
 
   name: str
@@ -61,7 +61,7 @@ class Run:
   base: str | None = None
   evaluate: str | None = None
   eval_args: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
-  done_file: str | tuple[str, ...] = "summary.json"
+  done_file: str = "summary.json"
 
 
 @dataclasses.dataclass(frozen=True)
