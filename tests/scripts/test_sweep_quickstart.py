@@ -1,0 +1,52 @@
+"""scripts/sweep_quickstart.py: a record is built from a workdir and tabulated without edits."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _module():
+  spec = importlib.util.spec_from_file_location("sweep", REPO / "scripts" / "sweep_quickstart.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_record_and_table_from_a_workdir(tmp_path, capsys, monkeypatch):
+  sweep = _module()
+  run = tmp_path / "t2"
+  run.mkdir()
+  config = {
+    "total_steps": 100,
+    "optim": {"lr": 0.001},
+    "data": {"batch_size": 128, "image_size": 48},
+    "model": {"overrides": {"text": {"layers": 2}}},
+  }
+  (run / "config.json").write_text(json.dumps(config))
+  events = [
+    {"kind": "train", "step": 50, "loss": 1.0},
+    {"kind": "eval", "step": 100, "shapes_test/zeroshot/shape/acc1": 0.625},
+  ]
+  (run / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+  (tmp_path / "time.log").write_text(
+    "\tUser time (seconds): 70.5\n\tSystem time (seconds): 9.5\n"
+    "\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03\n"
+  )
+  monkeypatch.setattr(
+    sys, "argv", ["x", "record", str(run), "--time-log", str(tmp_path / "time.log")]
+  )
+  sweep.main()
+  rec = json.loads((run / "record.json").read_text())
+  assert rec["cpu_s"] == 80.0 and rec["wall_s"] == 3723.0
+  assert rec["evals"] == [{"step": 100, "shape": 0.625}]
+  capsys.readouterr()
+  out_json = tmp_path / "records.json"
+  monkeypatch.setattr(sys, "argv", ["x", "table", str(run), "--records", str(out_json)])
+  sweep.main()
+  table = capsys.readouterr().out.splitlines()
+  assert table[2].startswith("| t2 | ") and "model.overrides.text.layers=2" in table[2]
+  assert "| 0.80 | 100 |" in table[2] and "| 62.5 |" in table[2]
+  assert json.loads(out_json.read_text()) == [rec]
