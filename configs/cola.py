@@ -33,6 +33,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     eps="1+4",  # radii in 1/255 units, "+"-separated
     eot=4,
     pgd_steps=10,  # PGD iterations (step 1/255, random start)
+    # PGD objectives, "+"-separated: "ce" (the paper's), "margin" (CW) or "dlr". CE on logits
+    # scaled by 100 saturates on confidently correct examples (its gradient underflows to 0);
+    # the margin objectives do not. Labels: pgd_eps<e> for CE, pgd-<loss>_eps<e> otherwise.
+    loss="ce",
     queries=200,
     adaptive="cola+cola_no_proj+cola_uniform+views_mean",
   )
@@ -87,14 +91,20 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     "views_mean": {"use_ot": False, "projection": False},
   }
   radii = [int(e) for e in str(arg.eps).split("+") if e]
+  pgd_losses = [v for v in str(arg.loss).split("+") if v]
+  bad = sorted(set(pgd_losses) - {"ce", "margin", "dlr"})
+  if bad or not pgd_losses:
+    raise ValueError(f"loss must be '+'-separated 'ce', 'margin' or 'dlr', got {arg.loss!r}")
   pgd = [
     {
       "name": "pgd",
       "eps": eps / 255,
       "step_size": 1 / 255,
       "steps": arg.pgd_steps,
-      "label": f"pgd_eps{eps}",
+      "loss": loss,
+      "label": f"pgd_eps{eps}" if loss == "ce" else f"pgd-{loss}_eps{eps}",
     }
+    for loss in pgd_losses
     for eps in radii
   ]
   # Black-box Square (gradient-masking check): margin loss, AutoAttack's p_init, a small query

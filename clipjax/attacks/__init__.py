@@ -7,7 +7,7 @@ forward+backward over the batch per step; the black-box Square attack costs one 
 """
 
 from clipjax.attacks.autopgd import apgd, apgd_checkpoints, apgd_targeted
-from clipjax.attacks.eot import Stochastic, bpda, eot
+from clipjax.attacks.eot import Stochastic, bpda, eot, eot_value_and_grad
 from clipjax.attacks.iterative import fgsm, mim, pgd
 from clipjax.attacks.losses import (
   ce_objective,
@@ -40,6 +40,7 @@ __all__ = [
   "dlr_objective",
   "dlr_targeted_objective",
   "eot",
+  "eot_value_and_grad",
   "fgsm",
   "margin_objective",
   "mim",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from clipjax.attacks.eot import Stochastic
+from clipjax.attacks.eot import Stochastic, eot_value_and_grad
 
 __all__ = [
   "NORMS",
@@ -113,6 +113,9 @@ def evaluate(
   if isinstance(loss_fn, Stochastic):
     if key is None:
       raise ValueError("a Stochastic (EOT) objective needs the attack's `key` argument")
+    if loss_fn.draw is not None:
+      # EOT: one draw's forward+backward at a time (memory independent of the draw count).
+      return eot_value_and_grad(loss_fn, x_bhwc, labels, key)
     fn = lambda x: loss_fn.fn(x, labels, key)
   else:
     fn = lambda x: loss_fn(x, labels)

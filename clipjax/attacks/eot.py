@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Stochastic", "bpda", "eot"]
+__all__ = ["Stochastic", "bpda", "eot", "eot_value_and_grad"]
 
 
 class Stochastic(NamedTuple):
@@ -22,16 +22,24 @@ class Stochastic(NamedTuple):
   Attributes:
     fn: `fn(pixels_bhwc, labels, key) -> loss_b` or `-> (loss_b, success_b)`. Attacks pass a
       fresh key at every gradient evaluation.
+    draw: for an EOT objective (built by `eot`), the one-draw objective that `fn` averages;
+      attacks then take gradients with `eot_value_and_grad` (one draw at a time). None: `fn`
+      is differentiated directly.
+    draws: number of draws `fn` averages (1 when `draw` is None).
   """
 
   fn: Callable
+  draw: Callable | None = None
+  draws: int = 1
 
 
 def eot(fn: Callable, draws: int) -> Stochastic:
   """Averages a randomised objective over `draws` independent draws (EOT).
 
-  The gradient of the returned objective is the mean of the per-draw gradients. Draws run
-  sequentially (`jax.lax.map`), so memory does not grow with `draws`.
+  The gradient of the returned objective is the mean of the per-draw gradients. The attacks
+  compute it with `eot_value_and_grad`, which accumulates one draw's gradient at a time, so their
+  memory does not grow with `draws`. (Differentiating `fn` directly goes through `jax.lax.map`
+  and keeps every draw's residuals: memory linear in `draws`.)
 
   Args:
     fn: `fn(pixels_bhwc, labels, key) -> loss_b` or `-> (loss_b, success_b)`, the defended
@@ -54,7 +62,64 @@ def eot(fn: Callable, draws: int) -> Stochastic:
       return jnp.mean(loss_rb, axis=0), frac_b >= 0.5
     return jnp.mean(out, axis=0)
 
-  return Stochastic(averaged)
+  return Stochastic(averaged, fn, draws)
+
+
+def eot_value_and_grad(
+  objective: Stochastic, pixels_bhwc: jax.Array, labels, key: jax.Array
+) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+  """Value and gradient of an EOT objective, accumulated one draw at a time.
+
+  Uses the same draws as `objective.fn(pixels_bhwc, labels, key)` (keys `split(key, draws)`), so
+  the loss, the success vote and the gradient equal those of `objective.fn`; but each draw's
+  forward+backward runs inside the body of a `jax.lax.scan` whose carry holds only the running
+  sums, so the residuals of one draw are live at a time.
+
+  Args:
+    objective: built by `eot` (`objective.draw` is set).
+    pixels_bhwc: [b, h, w, c] current pixels.
+    labels: pytree of per-example labels.
+    key: PRNG key of this evaluation.
+
+  Returns:
+    `(loss_b, success_b or None, grad_bhwc)`: mean loss over draws, majority-vote success and
+    the mean over draws of the gradient of the summed loss.
+  """
+  if objective.draw is None:
+    raise ValueError("eot_value_and_grad needs an objective built by eot(...)")
+  draws, draw = objective.draws, objective.draw
+  keys_r = jax.random.split(key, draws)
+
+  def one(x, k):
+    out = draw(x, labels, k)
+    loss_b = out[0] if isinstance(out, tuple) else out
+    return jnp.sum(loss_b.astype(jnp.float32)), out
+
+  shape = jax.eval_shape(lambda k: draw(pixels_bhwc, labels, k), keys_r[0])
+  has_success = isinstance(shape, tuple)
+  b = pixels_bhwc.shape[0]
+  loss_shape = (shape[0] if has_success else shape).shape
+  if loss_shape != (b,):
+    raise ValueError(
+      f"attack loss_fn must return a per-example loss of shape {(b,)}, got {loss_shape}"
+    )
+
+  def body(carry, k):
+    loss_sum, success_sum, grad_sum = carry
+    (_, out), grad = jax.value_and_grad(one, has_aux=True)(pixels_bhwc, k)
+    loss_b = (out[0] if has_success else out).astype(jnp.float32)
+    if has_success:
+      success_sum = success_sum + out[1].astype(jnp.float32)
+    return (loss_sum + loss_b, success_sum, grad_sum + grad), None
+
+  init = (
+    jnp.zeros((b,), jnp.float32),
+    jnp.zeros((b,), jnp.float32),
+    jnp.zeros_like(pixels_bhwc),
+  )
+  (loss_sum, success_sum, grad_sum), _ = jax.lax.scan(body, init, keys_r)
+  success_b = success_sum / draws >= 0.5 if has_success else None
+  return loss_sum / draws, success_b, grad_sum / draws
 
 
 def bpda(fn: Callable, approx: Callable | None = None) -> Callable:

@@ -152,6 +152,31 @@ def test_pgd_beats_fgsm_and_apgd_beats_pgd_on_mlp():
   assert loss_apgd >= loss_pgd
 
 
+def test_margin_loss_moves_where_ce_on_scaled_logits_saturates():
+  """Logits 100·w_k·(x − 0.3) with a gap > 104 at x: softmax's other-class mass e^-gap underflows
+  to 0 in float32, so the CE gradient is exactly 0 and PGD (no random start) cannot move; the CW
+  margin's gradient is w_j − w_y and PGD reaches the analytic worst case of the linear margin."""
+  w_dk = np.zeros((D, 2), np.float32)
+  w_dk[:, 0] = 0.06
+  w_dk[:, 1] = -0.06
+  logits_fn = lambda x: 100.0 * linear_logits(jnp.asarray(w_dk))(x - 0.3)
+  x = jnp.full((2, H, W, C), 0.5, jnp.float32)
+  y = jnp.zeros((2,), jnp.int32)
+  gap = float(logits_fn(x)[0, 0] - logits_fn(x)[0, 1])
+  assert gap > 104
+  ce = attacks.ce_objective(logits_fn)
+  margin = attacks.margin_objective(logits_fn)
+  grad_ce = jax.grad(lambda z: ce(z, y)[0].sum())(x)
+  assert float(jnp.max(jnp.abs(grad_ce))) == 0.0
+  eps = 0.4
+  kw = dict(eps=eps, step_size=0.1, steps=5, random_start=False)
+  np.testing.assert_array_equal(attacks.pgd(ce, x, y, **kw), x)
+  x_adv = attacks.pgd(margin, x, y, **kw)
+  # The worst case of a linear margin over the ε-ball: every pixel moved by ε against w_0 − w_1.
+  np.testing.assert_allclose(x_adv, x - eps, atol=1e-6)
+  assert bool(jnp.all(jnp.argmax(logits_fn(x_adv), axis=1) == 1))
+
+
 def test_zero_margin_model_is_always_broken():
   """Clean points on the decision boundary (tie, argmax picks the label) fall to any attack."""
   w_dk = normal(17, (D, 3))
@@ -235,6 +260,63 @@ def test_eot_averages_random_draws():
   np.testing.assert_allclose(grad.reshape(2, D), jnp.broadcast_to(w_d, (2, D)), rtol=1e-5)
   with pytest.raises(ValueError, match="key"):
     attacks.fgsm(averaged, x, None, eps=0.1)
+
+
+def _wide_noisy_objective(hidden):
+  """A randomised objective whose per-draw residuals ([b, hidden] activations) dominate memory."""
+  w1 = normal(40, (D, hidden)) / np.sqrt(D)
+  w2 = normal(41, (hidden, 5))
+
+  def draw(x_bhwc, labels, key):
+    noise = 0.1 * jax.random.normal(key, x_bhwc.shape)
+    h = jnp.tanh((x_bhwc + noise).reshape(x_bhwc.shape[0], D) @ w1)
+    logits = jnp.tanh(h) @ w2
+    return attacks.ce_objective(lambda _: logits)(x_bhwc, labels)
+
+  return draw
+
+
+def test_eot_gradient_memory_does_not_grow_with_draws():
+  """Compiled temp memory of one EOT gradient: equal for 2 and 16 draws (one draw live at a time),
+  while differentiating the lax.map average directly grows with the draws."""
+  from clipjax.attacks import core
+
+  draw = _wide_noisy_objective(hidden=4096)
+  x = images(42, 32)
+  y = jnp.arange(32) % 5
+  k = key(43)
+
+  def temp_bytes(fn):
+    return jax.jit(fn).lower(x).compile().memory_analysis().temp_size_in_bytes
+
+  def accumulated(r):
+    return temp_bytes(lambda z: core.evaluate(attacks.eot(draw, r), z, y, k))
+
+  def through_map(r):
+    return temp_bytes(lambda z: jax.grad(lambda v: attacks.eot(draw, r).fn(v, y, k)[0].sum())(z))
+
+  one_draw_activation = 32 * 4096 * 4
+  assert abs(accumulated(16) - accumulated(2)) < one_draw_activation // 8
+  assert through_map(16) - through_map(2) > 10 * one_draw_activation  # the old behaviour
+
+
+def test_eot_accumulated_gradient_equals_mean_over_draws():
+  draw = _wide_noisy_objective(hidden=32)
+  x = images(44, B)
+  y = jnp.arange(B) % 5
+  k = key(45)
+  objective = attacks.eot(draw, 6)
+  loss, success, grad = attacks.eot_value_and_grad(objective, x, y, k)
+  ref_grad = jax.grad(lambda z: objective.fn(z, y, k)[0].sum())(x)
+  ref_loss, ref_success = objective.fn(x, y, k)
+  np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  np.testing.assert_array_equal(success, ref_success)
+  # ... and is the plain mean of the per-draw gradients.
+  per_draw = [
+    jax.grad(lambda z, kr=kr: draw(z, y, kr)[0].sum())(x) for kr in jax.random.split(k, 6)
+  ]
+  np.testing.assert_allclose(grad, jnp.mean(jnp.stack(per_draw), 0), rtol=1e-5, atol=1e-7)
 
 
 def test_bpda_straight_through():

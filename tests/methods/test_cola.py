@@ -192,7 +192,7 @@ def test_tokenizer_comes_from_the_config_else_the_checkpoint_workdir(tmp_path):
   assert cola_task.merges_path(config) == "/m/mine.txt.gz"
 
 
-def _smoke_config():
+def _config(arg):
   import importlib.util
   import pathlib
 
@@ -200,7 +200,27 @@ def _smoke_config():
   spec = importlib.util.spec_from_file_location("cola_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config("smoke")
+  return module.get_config(arg)
+
+
+def _smoke_config():
+  return _config("smoke")
+
+
+def test_config_pgd_objective_is_selectable():
+  from clipjax.attacks import complete_spec
+
+  c = _config("attacks=pgd,eps=1+4,loss=ce+margin")
+  assert [(a["label"], a["loss"]) for a in c.attacks] == [
+    ("pgd_eps1", "ce"),
+    ("pgd_eps4", "ce"),
+    ("pgd-margin_eps1", "margin"),
+    ("pgd-margin_eps4", "margin"),
+  ]
+  for a in c.attacks:
+    complete_spec({k: v for k, v in a.items() if k != "label"})
+  with pytest.raises(ValueError, match="loss"):
+    _config("loss=hinge")
 
 
 def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
