@@ -259,7 +259,9 @@ def _claims(claims: Sequence[Claim], records: Sequence[dict]) -> list[str]:
     f"({stats.N_RESAMPLES} resamples). Verdict: *{stats.REPRODUCED}* if the CI excludes 0 on the "
     f"claimed side (equivalence claims: lies inside ± the margin), *{stats.NOT_REPRODUCED}* if it "
     f"excludes 0 on the other side (lies outside the margin), else *{stats.INCONCLUSIVE}*; "
-    f"always the latter with fewer than {stats.MIN_PAIRS} pairs; *{NOT_MEASURED}* without any.",
+    f"always the latter with fewer than {stats.MIN_PAIRS} pairs; *{NOT_MEASURED}* without any. "
+    "A weak test at small n: with 3 pairs the CI excludes 0 exactly when all three differences "
+    "share a sign (one-sided sign-test p = 1/8).",
     "",
     "| claim | paper | treatment − baseline | claimed | n | difference | 95 % CI | verdict |",
     "|---|---|---|---|---|---|---|---|",

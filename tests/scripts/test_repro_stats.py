@@ -155,3 +155,10 @@ def test_render_tables_claims_and_splice():
   # Records in any order give the same page.
   assert grid.render("toy", recs[::-1], tables, claims, "regen") == text
   json.dumps(recs)  # records are plain JSON
+
+
+def test_three_pairs_exclude_zero_exactly_when_signs_agree():
+  """The page's legend: with n = 3 the 95 % percentile CI excludes 0 iff all signs agree."""
+  assert stats.bootstrap_ci([0.1, 0.5, 2.0])[0] == pytest.approx(0.1)
+  assert stats.verdict(stats.bootstrap_ci([0.1, 0.5, 2.0]), 1, 3) == stats.REPRODUCED
+  assert stats.verdict(stats.bootstrap_ci([-0.1, 0.5, 2.0]), 1, 3) == stats.INCONCLUSIVE
