@@ -103,11 +103,12 @@ def git_commit() -> str:
 
 
 def timed_call(cmd: list[str], log_path: pathlib.Path, timings: pathlib.Path, step: str) -> dict:
-  """Runs `cmd` (output appended to log_path) and appends its CPU and wall seconds to timings."""
+  """Runs `cmd` (output to log_path); appends its CPU/wall seconds and commit to timings."""
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(REPO), str(REPO / "scripts"), env.get("PYTHONPATH", "")) if p
   )
+  commit = git_commit()  # the code this attempt runs (the tree may change while a grid runs)
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
   start = time.time()
   with open(log_path, "a") as log:
@@ -124,6 +125,7 @@ def timed_call(cmd: list[str], log_path: pathlib.Path, timings: pathlib.Path, st
     ),
     "wall_s": round(time.time() - start, 2),
     "load_avg_1m": round(os.getloadavg()[0], 2),
+    "commit": commit,
   }
   with open(timings, "a") as f:
     f.write(json.dumps(entry) + "\n")
@@ -141,6 +143,7 @@ def make_record(method: str, module, run: grid_lib.Run, root: pathlib.Path, quic
   timings = root / "timings" / f"{run.name}.jsonl"
   train = _attempts(timings, "train")
   ev = _attempts(timings, "evaluate")
+  attempts = train + ev
   return {
     "method": method,
     "run": run.name,
@@ -150,14 +153,16 @@ def make_record(method: str, module, run: grid_lib.Run, root: pathlib.Path, quic
     "seed": run.seed,
     "base": run.base,
     "quick": quick,
-    "commit": git_commit(),
+    # The code of the run's last training attempt (its evaluation's if it has none).
+    "commit": (train or ev)[-1].get("commit", "unknown") if attempts else git_commit(),
+    "commits_all": sorted({e.get("commit", "unknown") for e in attempts}),
     "metrics": module.metrics(run, str(root / run.name)),
     "cpu_s": round(sum(e["cpu_s"] for e in train), 1),
     "wall_s": round(sum(e["wall_s"] for e in train), 1),
     "attempts": len(train),
     "eval_cpu_s": round(sum(e["cpu_s"] for e in ev), 1) if run.evaluate else None,
     "eval_wall_s": round(sum(e["wall_s"] for e in ev), 1) if run.evaluate else None,
-    "load_avg_1m_end": (train + ev)[-1]["load_avg_1m"] if train + ev else None,
+    "load_avg_1m_end": attempts[-1]["load_avg_1m"] if attempts else None,
   }
 
 

@@ -194,6 +194,7 @@ def test_execute_order_failure_and_resume(tmp_path, monkeypatch):
   assert (root / "fine" / "starts").read_text() == "2"  # the unfinished start, then the resume
   assert fine["attempts"] == 3 and base["attempts"] == 1  # the failed start counts
   assert fine["metrics"] == {"acc": 0.5} and fine["base"] == "base" and fine["quick"]
+  assert fine["commit"] == driver.git_commit() and fine["commits_all"] == [fine["commit"]]
   lines = (root / "timings" / "fine.jsonl").read_text().splitlines()
   assert [json.loads(x)["rc"] for x in lines] == [3, 0, 0]
   assert fine["cpu_s"] == pytest.approx(sum(json.loads(x)["cpu_s"] for x in lines), abs=0.2)
