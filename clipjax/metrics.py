@@ -1,8 +1,12 @@
 """Metric writing: `metrics.jsonl` (always), console progress lines, optional TensorBoard.
 
-Only process 0 writes. Every event is one JSON object with a `step` key. `Progress` prints
-`step 120/600 loss=2.31 41.2 ex/s ETA 3m05s` lines; tqdm-style bars are avoided so CI logs stay
-readable. `check_finite` is the NaN/Inf guard the trainer calls at log time.
+Only process 0 writes. Every event is one JSON object with a `step` key, in strict JSON: a
+non-finite float is written as the string "NaN", "Infinity" or "-Infinity" (Python's `float()`
+reads them back), never as the bare literals that JSON does not allow. A resumed run first drops
+the events logged after its restored step (`MetricWriter.truncate_after`), so each step appears
+once. `Progress` prints `step 120/600 loss=2.31 41.2 ex/s ETA 3m05s` lines; tqdm-style bars are
+avoided so CI logs stay readable. `check_finite` is the NaN/Inf guard the trainer calls at log
+time.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ from typing import Any, TextIO
 import numpy as np
 from etils import epath
 
-__all__ = ["MetricWriter", "NonFiniteError", "Progress", "check_finite", "to_python"]
+__all__ = [
+  "MetricWriter",
+  "NonFiniteError",
+  "Progress",
+  "check_finite",
+  "dumps",
+  "to_python",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -40,20 +51,50 @@ def to_python(x: Any) -> Any:
   return x
 
 
+def _strict(x: Any) -> Any:
+  if isinstance(x, float) and not math.isfinite(x):
+    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+  if isinstance(x, dict):
+    return {k: _strict(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_strict(v) for v in x]
+  return x
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+  """Strict JSON of `obj` (arrays converted; non-finite floats as "NaN"/"Infinity" strings)."""
+  return json.dumps(_strict(to_python(obj)), allow_nan=False, **kwargs)
+
+
 def check_finite(
-  metrics: Mapping[str, Any], step: int, *, keys: tuple[str, ...] = ("loss",)
+  metrics: Mapping[str, Any],
+  step: int,
+  *,
+  keys: tuple[str, ...] = ("loss",),
+  state_finite: bool = True,
+  since: int | None = None,
 ) -> None:
-  """Raises `NonFiniteError` if any of `keys` in `metrics` is NaN/Inf."""
+  """Raises `NonFiniteError` if any of `keys` in `metrics` is NaN/Inf, or `state_finite` is False.
+
+  Args:
+    metrics: host metrics of `step`.
+    step: the step just taken.
+    keys: metrics that must be finite.
+    state_finite: the step function's `finite` flag (all of the steps since `since`).
+    since: the last step known to be finite (for the message).
+  """
   bad = {}
   for k in keys:
     if k in metrics:
       v = float(np.asarray(metrics[k]))
       if not math.isfinite(v):
         bad[k] = v
-  if bad:
+  if bad or not state_finite:
+    what = f"metrics {bad}" if bad else "parameters, optimizer state or update"
+    where = f"step {step}" if since is None or since >= step - 1 else f"steps {since + 1}..{step}"
     raise NonFiniteError(
-      f"Non-finite metrics at step {step}: {bad}. Training stopped; the last good checkpoint "
-      "is kept (no checkpoint is written after a non-finite loss)."
+      f"Non-finite {what} at {where}. Training stopped; no checkpoint is ever written for a "
+      "non-finite state, so the newest checkpoint is good."
     )
 
 
@@ -88,12 +129,38 @@ class MetricWriter:
     event = {"step": int(step), **to_python(tags), **to_python(dict(metrics))}
     # epath has no append mode on every backend (gs://): keep a handle open per event.
     with self.path.open("a") as f:
-      f.write(json.dumps(event, sort_keys=True) + "\n")
+      f.write(dumps(event, sort_keys=True) + "\n")
     if self._tb is not None:
       prefix = tags.get("kind", "")
       for k, v in event.items():
         if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
           self._tb.add_scalar(f"{prefix}/{k}" if prefix else k, v, step)
+
+  def truncate_after(self, step: int) -> list[dict[str, Any]]:
+    """Drops the events logged after `step` and returns the kept ones (all processes).
+
+    A run resumed from checkpoint `step` logs the later steps again; without this they would
+    appear twice. A last line torn by a kill is dropped too; the file is replaced atomically.
+    """
+    if not self.path.exists():
+      return []
+    lines = self.path.read_text().splitlines(keepends=True)
+    kept, events = [], []
+    for i, line in enumerate(lines):
+      try:
+        event = json.loads(line)
+      except json.JSONDecodeError:
+        if i == len(lines) - 1 and not line.endswith("\n"):
+          continue  # written when the process was killed
+        raise ValueError(f"{self.path}:{i + 1}: not a JSON object; fix or remove it") from None
+      if event.get("step", 0) <= step:
+        kept.append(dumps(event, sort_keys=True) + "\n")
+        events.append(event)
+    if self.enabled and kept != lines:
+      tmp = self.path.parent / (self.path.name + ".tmp")
+      tmp.write_text("".join(kept))
+      tmp.replace(self.path)
+    return events
 
   def close(self) -> None:
     if self._tb is not None:

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 __all__ = [
+  "all_finite",
   "flatten_with_names",
   "match_mask",
   "names",
@@ -111,3 +113,17 @@ def unflatten_names(flat: dict[str, Any]) -> dict[str, Any]:
       raise ValueError(f"Duplicate name {name!r}.")
     node[leaf] = x
   return out
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """bool scalar: every floating leaf of `tree` is finite, and so is its float32 sum of squares.
+
+  One fused reduction per leaf. The sum of squares also rejects values so large (|x| above
+  about 1e19) that norms overflow, which no trained model has but a diverged step does.
+  """
+  sq = [
+    jnp.sum(jnp.square(x.astype(jnp.float32)))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  return jnp.isfinite(sum(sq, jnp.zeros((), jnp.float32)))

@@ -4,6 +4,7 @@ Train (`make_train_iterator`)::
 
   MapDataset.range(len(source))[process_index::process_count]
     .shuffle(seed).repeat(num_epochs)          # a new permutation every epoch
+    .map_with_index(mark repeats)              # count each record once
     .random_map(load)                          # decode, crop/flip; bad record → marker
     .to_iter_dataset(ReadOptions(num_threads))
     → skip-bad + batch + tokenize              # checkpointable, deterministic
@@ -14,8 +15,9 @@ yields host-local batches ``{"image": float32 [b, h, w, 3] in [0, 1], "ids": int
 ``is_backdoor`` (bool [b]) and ``clean_index`` (int32 [b]).
 
 Bad records (undecodable image, missing file, empty/None/non-UTF-8 caption) are skipped, so a
-batch is filled from the next records; they are counted in `PipelineStats`, and a
-`BadRecordsError` naming the first offenders stops the run when the bad fraction exceeds
+batch is filled from the next records; they are counted in `PipelineStats` once per record (in
+the first pass over the data: later epochs re-read the same records and are not counted again),
+and a `BadRecordsError` naming the first offenders stops the run when the bad fraction exceeds
 ``max_bad_fraction`` (checked once at least ``min_records_for_check`` records were read).
 
 Checkpointing: ``TrainIterator.get_state()`` is a JSON-serialisable dict; restoring it with
@@ -52,11 +54,11 @@ class BadRecordsError(RuntimeError):
 
 @dataclasses.dataclass
 class PipelineStats:
-  """Counts of records read and skipped.
+  """Counts of records read and skipped, each record counted once.
 
   Attributes:
-    seen: records read (good + bad).
-    bad: records skipped as bad.
+    seen: distinct records read (good + bad).
+    bad: distinct records skipped as bad.
     first_bad: the first bad records as (source name, index, reason), at most 10.
   """
 
@@ -102,8 +104,21 @@ class PipelineStats:
       )
 
 
+class _MarkRepeat:
+  """Position j in the repeated stream, source index → (index, whether j is past epoch 0)."""
+
+  def __init__(self, epoch_size: int):
+    self.epoch_size = epoch_size
+
+  def __call__(self, position: int, index: Any) -> tuple[int, bool]:
+    return int(index), position >= self.epoch_size
+
+
 class _Load:
   """index (+ rng) → uint8 example dict, or ``{"_bad": (source, index, reason)}``.
+
+  Train streams pass ``(index, repeat)`` (see `_MarkRepeat`); the result then carries
+  ``"_repeat"`` so that a record is counted only on its first read.
 
   `resize` (eval): keyword arguments of `transforms.resize_center_crop`; images are then decoded
   at full resolution, as open_clip does (training decodes large JPEGs at a reduced scale).
@@ -123,6 +138,9 @@ class _Load:
     self.name = source_name(source)
 
   def __call__(self, index: Any, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    if isinstance(index, tuple):
+      index, repeat = index
+      return {**self(index, rng), "_repeat": repeat}
     index = int(index)
     if index < 0:
       return {"_pad": True}
@@ -248,13 +266,15 @@ class _SkipBadBatchIterator(grain.DatasetIterator):
         if seen:  # A dropped partial batch: report its records, then stop.
           return None, {"seen": seen, "bad": [list(b) for b in bad]}
         raise
-      seen += 1
+      first_read = not ex.pop("_repeat", False)
+      seen += first_read
       if "_bad" in ex:
-        bad.append(ex["_bad"])
-        self._bad_stats.add(1, [ex["_bad"]])
-        self._bad_stats.check(self._max_bad_fraction, self._min_records)
+        if first_read:
+          bad.append(ex["_bad"])
+          self._bad_stats.add(1, [ex["_bad"]])
+          self._bad_stats.check(self._max_bad_fraction, self._min_records)
       else:
-        self._bad_stats.add(1, [])
+        self._bad_stats.add(int(first_read), [])
         examples.append(ex)
     return self._collate(examples), {"seen": seen, "bad": [list(b) for b in bad]}
 
@@ -423,7 +443,7 @@ def make_train_iterator(
   min_records = min(int(min_records_for_check), shard)
   load = _Load(source, image_size, aug)
   ds = grain.MapDataset.range(n)[process_index::process_count]
-  ds = ds.shuffle(seed=seed).repeat(num_epochs)
+  ds = ds.shuffle(seed=seed).repeat(num_epochs).map_with_index(_MarkRepeat(shard))
   ds = ds.random_map(load, seed=seed) if aug is not None else ds.map(load)
   it_ds = ds.to_iter_dataset(
     grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, 16))

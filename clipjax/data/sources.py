@@ -166,25 +166,54 @@ class ArraySource:
     return ex
 
 
+def _invalid_utf8(text: str) -> str | None:
+  """Why `text` (decoded with surrogateescape) is not valid UTF-8, or None if it is."""
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return f"not valid UTF-8 (byte {ord(text[e.start]) - 0xDC00:#04x} at character {e.start})"
+  return None
+
+
+def _table_row(row: Any, where: str) -> dict[str, Any]:
+  """A table row with str `path` and `caption`, or ``{"_bad": reason}`` naming `where`."""
+  if not isinstance(row, dict) or "path" not in row or "caption" not in row:
+    got = sorted(row) if isinstance(row, dict) else type(row).__name__
+    return {"_bad": f"{where}: lacks a 'path' or 'caption' column (has {got})"}
+  for col in ("path", "caption"):
+    why = _invalid_utf8(row[col]) if isinstance(row[col], str) else None
+    if why is not None:
+      return {"_bad": f"{where}: {col} is {why}"}
+  return row
+
+
 def _read_caption_table(path: str) -> list[dict[str, Any]]:
+  """Rows of a CSV/TSV/JSONL table; unusable rows are ``{"_bad": reason}`` (kept in place, so
+  that row numbers stay the table's).
+
+  Bytes are decoded with ``surrogateescape`` so that one non-UTF-8 caption spoils only its row.
+  """
   rows: list[dict[str, Any]] = []
   if path.endswith(".jsonl"):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
       for lineno, line in enumerate(f, 1):
         if not line.strip():
           continue
+        where = f"{path} row {len(rows)} (line {lineno})"
         try:
-          rows.append(json.loads(line))
+          rows.append(_table_row(json.loads(line), where))
         except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+          rows.append({"_bad": f"{where}: invalid JSON ({e.msg})"})
   elif path.endswith((".csv", ".tsv")):
-    with open(path, encoding="utf-8", newline="") as f:
-      rows = list(csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","))
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+      reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
+      header = reader.fieldnames or []
+      if "path" not in header or "caption" not in header:
+        raise ValueError(f"{path}: the header lacks a 'path' or 'caption' column (has {header})")
+      for row in reader:
+        rows.append(_table_row(row, f"{path} row {len(rows)} (line {reader.line_num})"))
   else:
     raise ValueError(f"{path}: caption table must end in .csv, .tsv or .jsonl")
-  for i, row in enumerate(rows):
-    if "path" not in row or "caption" not in row:
-      raise ValueError(f"{path}: row {i} lacks a 'path' or 'caption' column (has {sorted(row)})")
   return rows
 
 
@@ -192,7 +221,8 @@ class FolderSource:
   """Image files listed in a CSV/TSV/JSONL table with ``path`` and ``caption`` columns.
 
   Paths are relative to the table's directory (absolute paths are used as is). Images are
-  returned as encoded bytes; a missing file raises `BadRecordError` on access.
+  returned as encoded bytes. A missing file, or a row that is not valid UTF-8 / JSON or lacks a
+  column, raises `BadRecordError` on access, naming the table, row and line.
 
   Args:
     table: path of the ``.csv``, ``.tsv`` or ``.jsonl`` file.
@@ -213,6 +243,8 @@ class FolderSource:
 
   def get_text(self, index: int) -> dict[str, Any]:
     row = self._rows[index]
+    if "_bad" in row:
+      raise BadRecordError(row["_bad"])
     caption = decode_caption(row["caption"], f"{self.name} row {index}")
     return {"caption": caption, "index": int(index), "key": str(row["path"])}
 
@@ -380,7 +412,7 @@ def iter_caption_table(
 ) -> Iterator[tuple[bytes, str, str]]:
   """Yields ``(image_bytes, caption, path)`` from a CSV/JSONL table.
 
-  Rows whose file is missing or whose caption is empty are reported through
+  Rows whose file is missing or whose caption is empty or not valid UTF-8 are reported through
   ``on_bad(where, reason)`` and skipped.
   """
   src = FolderSource(table)
@@ -437,7 +469,10 @@ def iter_webdataset_tar(
 
 
 class TfdsSource:
-  """A TFDS dataset read with ``tfds.data_source`` (no TensorFlow needed).
+  """A TFDS dataset read with ``tfds.data_source`` (no TensorFlow needed), never downloaded.
+
+  A dataset that is not prepared in `data_dir` is an immediate `FileNotFoundError` saying where
+  it was looked for and how to prepare it.
 
   Image-classification datasets (cifar10, imagenet2012, …) get a label set named after the
   label feature with CLIP's class names and templates for that dataset (`clipjax.data.prompts`;
@@ -484,12 +519,21 @@ class TfdsSource:
       self._ds = builder.as_data_source(split=split, decoders=decoders)
       ds_name = builder.name
     elif name is not None:
-      self._ds = tfds.data_source(
-        name,
-        split=split,
-        data_dir=None if data_dir is None else os.fspath(data_dir),
-        decoders=decoders,
-      )
+      data_dir = None if data_dir is None else os.fspath(data_dir)
+      try:
+        self._ds = tfds.data_source(
+          name, split=split, data_dir=data_dir, decoders=decoders, download=False
+        )
+      except Exception as e:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if builder.is_prepared():
+          raise
+        raise FileNotFoundError(
+          f"TFDS dataset {name!r} is not prepared in {builder.data_path} (clipjax never "
+          "downloads). Prepare it where the network is allowed, in a random-access format: "
+          f"`tfds build {name} --data_dir {builder.data_dir_root} --file_format array_record`, "
+          "then pass that data_dir (or a `builder_dir`)."
+        ) from e
       ds_name = name
     else:
       raise ValueError("TfdsSource needs a dataset `name` or a `builder_dir`")

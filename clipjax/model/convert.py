@@ -47,6 +47,7 @@ import os
 import pathlib
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -322,14 +323,29 @@ def _from_clipjax(kind: Kind, layout: str, x: np.ndarray) -> list[np.ndarray]:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-  import ml_dtypes  # noqa: F401  (a jax dependency; registers numpy's 'bfloat16' for bf16 files)
+  import ml_dtypes  # a jax dependency; registers numpy's 'bfloat16' for bf16 files
   from safetensors import SafetensorError
   from safetensors.numpy import load_file
 
   try:
-    return load_file(str(path))
+    state = load_file(str(path))
   except (SafetensorError, OSError) as e:
     raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+  buffers = {k for names in _IGNORED_BUFFERS.values() for k in names}  # attn_mask holds -inf
+  floats = {
+    k: v
+    for k, v in state.items()
+    if (v.dtype.kind == "f" or v.dtype == ml_dtypes.bfloat16) and k not in buffers
+  }
+  bad = {k: n for k, v in floats.items() if (n := int(v.size - np.isfinite(v).sum()))}
+  if bad:
+    shown = ", ".join(f"{k} ({n})" for k, n in sorted(bad.items())[:5])
+    warnings.warn(
+      f"{path}: {len(bad)} tensor(s) hold NaN/Inf values: {shown}{', ...' if len(bad) > 5 else ''}",
+      RuntimeWarning,
+      stacklevel=2,
+    )
+  return state
 
 
 def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:

@@ -252,7 +252,8 @@ def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict
     due_save = ckpt.should_save(step) or step == config.total_steps
     if step % config.log_every_steps == 0 or due_save:
       host_metrics = jax.device_get(step_metrics)
-      metrics_lib.check_finite(host_metrics, step)
+      finite = bool(host_metrics.pop("finite"))
+      metrics_lib.check_finite(host_metrics, step, state_finite=finite)
       rates = progress.update(step, host_metrics) or rates
       writer.write(
         step,

@@ -15,6 +15,7 @@ import optax
 from clipjax.methods import Embeddings, Method
 from clipjax.train.optim import clamp_logit_scale
 from clipjax.train.state import TrainState
+from clipjax.tree import all_finite
 
 __all__ = ["forward", "model_params", "train_step"]
 
@@ -74,7 +75,10 @@ def train_step(
   different parameters share one state (frozen leaves' moments are simply not used).
 
   Returns:
-    The new state and a dict of scalar metrics (loss, grad/param norms, lr, method aux).
+    The new state and a dict of scalar metrics (loss, grad/param norms, lr, method aux) with
+    `finite`: a bool that is True iff the loss and every value of the gradients, the update
+    and the new parameters, optimizer state and method state are finite (and their squared
+    norms do not overflow). The loop checks it before logging or saving that state.
   """
   rng, step_rng = jax.random.split(state.rng)
   grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
@@ -110,6 +114,7 @@ def train_step(
     "grad_norm": optax.tree.norm(grads),
     "param_norm": optax.tree.norm(params),
     "lr": schedule(state.step),
+    "finite": jnp.isfinite(loss) & all_finite((grads, updates, params, opt_state, mstate)),
     **aux,
   }
   if isinstance(params, dict) and "logit_scale" in params:

@@ -31,6 +31,37 @@ def test_check_finite():
   metrics.check_finite({"loss": 1.0}, 5)
   with pytest.raises(metrics.NonFiniteError, match="step 7"):
     metrics.check_finite({"loss": np.float32("nan")}, 7)
+  with pytest.raises(metrics.NonFiniteError, match=r"parameters, optimizer state.*steps 4\.\.9"):
+    metrics.check_finite({"loss": 1.0}, 9, state_finite=False, since=3)
+
+
+def test_writer_is_strict_json(tmp_path):
+  w = metrics.MetricWriter(str(tmp_path))
+  w.write(1, {"a": np.float32("nan"), "b": [np.inf, -np.inf], "c": 2.5})
+  text = (tmp_path / "metrics.jsonl").read_text()
+  event = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON literal {c}"))
+  assert event == {"step": 1, "a": "NaN", "b": ["Infinity", "-Infinity"], "c": 2.5}
+  assert np.isnan(float(event["a"])) and float(event["b"][0]) == np.inf
+
+
+def test_truncate_after_drops_later_steps_and_a_torn_line(tmp_path):
+  w = metrics.MetricWriter(str(tmp_path))
+  for step in range(1, 6):
+    w.write(step, {"loss": float(step)}, kind="train")
+  w.write(4, {"acc": 0.5}, kind="eval")
+  path = tmp_path / "metrics.jsonl"
+  with path.open("a") as f:
+    f.write('{"step": 6, "lo')  # a SIGKILL in the middle of a write
+  kept = w.truncate_after(4)
+  assert [(e["step"], e["kind"]) for e in kept] == [(s, "train") for s in range(1, 5)] + [
+    (4, "eval")
+  ]
+  assert [json.loads(x) for x in path.read_text().splitlines()] == kept
+  w.write(5, {"loss": 5.0}, kind="train")
+  assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3, 4, 4, 5]
+  path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+  with pytest.raises(ValueError, match="metrics.jsonl:2"):
+    w.truncate_after(1)
 
 
 def test_progress_line():

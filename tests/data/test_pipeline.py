@@ -142,6 +142,19 @@ def test_bad_records_are_skipped_and_counted():
   assert it.stats.metrics()["data/bad_fraction"] == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_bad_records_are_counted_once_over_epochs(num_workers):
+  it = _train(
+    _messy_source(), batch_size=3, num_epochs=4, max_bad_fraction=0.5, num_workers=num_workers
+  )
+  with it:
+    batches = list(it)
+  if num_workers == 0:  # (with workers, each drops its own partial last batch)
+    assert sum(len(b["index"]) for b in batches) == 4 * 15
+  assert (it.stats.seen, it.stats.bad) == (20, 5)
+  assert sorted(i for _, i, _ in it.stats.first_bad) == sorted(BAD)
+
+
 def test_too_many_bad_records_stop_with_names():
   it = _train(_messy_source(), batch_size=4, max_bad_fraction=0.1, min_records_for_check=10)
   with pytest.raises(pipeline.BadRecordsError) as err:

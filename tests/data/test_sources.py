@@ -68,6 +68,21 @@ def _check_pairs(src, n, skip=()):
   assert sorted(numbers) == sorted(set(range(n)) - set(skip))
 
 
+def _one_epoch(src):
+  """(examples the train pipeline yields in one epoch, bad records it counted)."""
+  it = pipeline.make_train_iterator(
+    src,
+    batch_size=1,
+    image_size=8,
+    tokenize=lambda t: np.zeros((len(t), 3), np.int32),
+    seed=0,
+    num_epochs=1,
+    max_bad_fraction=0.5,
+    prefetch_batches=0,
+  )
+  return sum(len(b["index"]) for b in it), it.stats.bad
+
+
 def test_csv_and_jsonl_folders_round_trip_through_array_record(tmp_path):
   rows = _folder(tmp_path)
   import csv
@@ -93,17 +108,7 @@ def test_csv_and_jsonl_folders_round_trip_through_array_record(tmp_path):
   assert shards == ["data-00000-of-00002.array_record", "data-00001-of-00002.array_record"]
   _check_pairs(ArrayRecordSource(out), 6)
   # The missing file is skipped and counted by the pipeline too.
-  it = pipeline.make_train_iterator(
-    folder,
-    batch_size=2,
-    image_size=8,
-    tokenize=lambda t: np.zeros((len(t), 3), np.int32),
-    seed=0,
-    num_epochs=1,
-    max_bad_fraction=0.5,
-    prefetch_batches=0,
-  )
-  assert sum(len(b["index"]) for b in it) == 6 and it.stats.bad == 1
+  assert _one_epoch(folder) == (6, 1)
 
 
 def test_webdataset_tar_to_array_record(tmp_path):
@@ -211,3 +216,62 @@ def test_tfds_classification_source_with_mock_data():
     assert batches[0]["labels"]["label"][0] == src[0]["labels"]["label"]
     with pytest.raises(KeyError, match="no feature 'text'"):
       TfdsSource("mnist", split="train", caption_key="text", skip_decoding=False)
+
+
+def test_missing_tfds_dataset_fails_at_once_without_network(tmp_path, monkeypatch):
+  import socket
+  import time
+
+  attempts = []
+
+  def no_network(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("network access in a test")
+
+  monkeypatch.setattr(socket.socket, "connect", no_network)
+  monkeypatch.setattr(socket, "getaddrinfo", no_network)
+  t0 = time.perf_counter()
+  with pytest.raises(FileNotFoundError) as e:
+    TfdsSource("cifar10", split="test", data_dir=tmp_path / "tfds")
+  assert time.perf_counter() - t0 < 10 and attempts == []
+  msg = str(e.value)
+  assert f"not prepared in {tmp_path / 'tfds' / 'cifar10'}" in msg
+  assert f"tfds build cifar10 --data_dir {tmp_path / 'tfds'}" in msg
+  assert not (tmp_path / "tfds").exists()
+
+
+def _table_with_bad_bytes(tmp_path, kind):
+  rows = _folder(tmp_path, n=4)
+  bad = b"picture number 9 caf\xe9"  # Latin-1, not UTF-8
+  if kind == "csv":
+    lines = [b"path,caption"] + [f"{r['path']},{r['caption'][:16]}".encode() for r in rows]
+    lines.insert(3, b"imgs/0.png," + bad)
+  else:
+    lines = [json.dumps(r).encode() for r in rows]
+    lines.insert(2, b'{"path": "imgs/0.png", "caption": "' + bad + b'"}')
+    lines.insert(4, b'{"path": "imgs/1.png", "caption": ')
+  path = tmp_path / f"caps.{kind}"
+  path.write_bytes(b"\n".join(lines) + b"\n")
+  return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_non_utf8_caption_row_is_skipped_and_counted_with_file_and_row(tmp_path, kind):
+  path = _table_with_bad_bytes(tmp_path, kind)
+  src = FolderSource(path)
+  assert len(src) == (5 if kind == "csv" else 6)
+  line = 4 if kind == "csv" else 3  # the CSV header is line 1
+  with pytest.raises(BadRecordError, match=rf"caps\.{kind} row 2 \(line {line}\): caption is not"):
+    src[2]
+  if kind == "jsonl":
+    with pytest.raises(BadRecordError, match=r"caps\.jsonl row 4 \(line 5\): invalid JSON"):
+      src[4]
+  with pytest.raises(BadRecordError, match=r"UTF-8 \(byte 0xe9 at character 20\)"):
+    src.get_text(2)
+  assert [src[i]["caption"].split()[2].rstrip(",") for i in (0, 1, 3)] == ["0", "1", "2"]
+  assert _one_epoch(src) == (4, len(src) - 4)
+  info = _prepare()(["--input", str(path), "--output", str(tmp_path / "out")])
+  assert info["written"] == 4 and info["skipped"] == len(src) - 4
+  assert any(
+    f"row 2 (line {line}): caption is not valid UTF-8" in r for _, r in info["skipped_examples"]
+  )

@@ -184,6 +184,20 @@ def test_half_precision_files_load_as_float32(tmp_path):
     assert np.array_equal(x, flat_ref[k].astype(cast).astype(np.float32)), k
 
 
+def test_non_finite_weights_warn_with_their_names(tmp_path):
+  import ml_dtypes
+
+  state = load_file(str(OC_FILE))
+  state["visual.conv1.weight"].flat[[0, 5]] = [np.nan, np.inf]
+  state["text_projection"] = state["text_projection"].astype(ml_dtypes.bfloat16)
+  state["text_projection"].flat[3] = np.nan
+  with pytest.warns(
+    RuntimeWarning,
+    match=r"2 tensor\(s\) hold NaN/Inf values: text_projection \(1\), visual\.conv1\.weight \(2\)$",
+  ):
+    convert.load_checkpoint(_write(tmp_path, state), **HEADS)
+
+
 def test_data_parallel_prefix_is_stripped(tmp_path):
   state = {f"module.{k}": v for k, v in load_file(str(OC_FILE)).items()}
   _, params = convert.load_checkpoint(_write(tmp_path, state), **BARE)
