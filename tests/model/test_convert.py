@@ -195,7 +195,7 @@ def test_non_finite_weights_warn_with_their_names(tmp_path):
     RuntimeWarning,
     match=r"2 tensor\(s\) hold NaN/Inf values: text_projection \(1\), visual\.conv1\.weight \(2\)$",
   ):
-    convert.load_checkpoint(_write(tmp_path, state), **HEADS)
+    convert.load_checkpoint(_write(tmp_path, state), **BARE)
 
 
 def test_data_parallel_prefix_is_stripped(tmp_path):
