@@ -1,4 +1,4 @@
-"""Classification metrics against scikit-learn, ASR definitions, prompt tables."""
+"""Classification metrics against scikit-learn, ASR definitions (prompts: tests/data)."""
 
 import warnings
 
@@ -10,9 +10,7 @@ from clipjax.evaluation import (
   attack_success_rate,
   backdoor_success_rate,
   classification_metrics,
-  label_set,
   poisoning_success_rate,
-  prompts,
 )
 
 
@@ -57,19 +55,3 @@ def test_attack_success_rates():
   assert backdoor_success_rate(preds, true, 2, triggered) == {"asr": pytest.approx(2 / 3), "n": 3}
   assert backdoor_success_rate(preds, true, 2)["n"] == 4
   assert np.isnan(attack_success_rate(preds, adversary, np.zeros(6, bool))["asr"])
-
-
-def test_prompt_tables():
-  assert len(prompts.IMAGENET_TEMPLATES) == 80 == len(set(prompts.IMAGENET_TEMPLATES))
-  for name, templates in prompts.TEMPLATES.items():
-    assert all(t.count("{}") == 1 for t in templates), name
-  names, templates = label_set("cifar10")
-  assert len(names) == 10 and len(templates) == 18 and "a photo of the big {}." in templates
-  assert len(label_set("cifar100")[0]) == 100
-  names, templates = label_set("food101", ["apple_pie", "baby_back_ribs"])
-  assert names == ["apple pie", "baby back ribs"]
-  assert templates == ["a photo of {}, a type of food."]
-  with pytest.raises(ValueError, match="pass the dataset's label_names"):
-    label_set("food101")
-  with pytest.raises(ValueError, match="11 labels but 10"):
-    label_set("cifar10:3.0.2", [str(i) for i in range(11)])
