@@ -12,6 +12,15 @@ recipe, OT + InfoNCE summed); `temperature` = logit_scale (ε = 1/logit_scale, l
 unroll | implicit; `steps`; `small` (the 2-core reproduction model of docs/results/otclip.md);
 `seed`; `smoke`.
 
+Choosing K: one Sinkhorn iteration is a column update *then* a row update, so `loss=entropic`
+with `num_iters=1` is not InfoNCE (its loss differs by several per cent). The paper's
+"one row normalisation = InfoNCE" limit is `uot` with a free column marginal (method kwargs
+`rho_b=0`, `num_iters=1`), which equals image→text InfoNCE at temperature ε exactly (tested).
+
+`ufgw` is unbalanced fused Gromov-Wasserstein with the square-loss GW term on in-batch cosine
+distances and KL-relaxed marginals (`clipjax/methods/otclip.py`); the similarity-form structure
+term of the paper's code is unbounded below once the marginals are relaxed and is not used.
+
 OT inference (FGW zero-shot, label-prior Sinkhorn, partial-OT selective classification) is not a
 training setting: it is applied to a trained checkpoint's embeddings through
 `clipjax.methods.otclip.score_fn` / `prior_sinkhorn` / `partial_ot_selective`

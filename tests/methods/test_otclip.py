@@ -10,11 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import ot as pot
 import pytest
+from scipy.special import kl_div, log_softmax
 
 from clipjax import losses
 from clipjax import methods as methods_lib
 from clipjax.methods import otclip
 from clipjax.methods.base import Embeddings
+from clipjax.ot import plans
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,23 +47,33 @@ def _method(**kw):
   return methods_lib.get("otclip", **base)
 
 
-def test_row_normalisation_is_i2t_infonce_exactly():
-  zi, zt = _pair()
-  scale = 7.0
-  _, ref = losses.clip_loss(zi, zt, scale)
-  # UOT with a free column marginal and one iteration = one row normalisation.
-  v, _ = otclip.ot_clip_loss(
-    zi, zt, 1.0 / scale, kind="uot", direction="i2t", num_iters=1, rho_b=0.0
-  )
-  np.testing.assert_allclose(v, ref["loss_i2t"], rtol=1e-6)
+def test_one_row_normalisation_is_uot_rho_b0_and_entropic_k1_is_column_then_row():
+  zi, zt = _pair(n=8, noise=0.8, seed=3)
+  n, scale = 8, 9.0
+  logits = scale * np.asarray(zi @ zt.T, np.float64)
+  # Oracle: InfoNCE by hand; exp(-C/ε) = exp(-1/ε) exp(logits) and the constant cancels.
+  infonce = {
+    "i2t": -np.mean(np.diag(log_softmax(logits, axis=1))),
+    "t2i": -np.mean(np.diag(log_softmax(logits, axis=0))),
+  }
+  for direction, ref in infonce.items():
+    # UOT with a free column marginal and one iteration = one row normalisation.
+    v, _ = otclip.ot_clip_loss(
+      zi, zt, 1.0 / scale, kind="uot", direction=direction, num_iters=1, rho_b=0.0
+    )
+    np.testing.assert_allclose(v, ref, rtol=1e-6)
   # DBOT with a box so wide no column bound is active: the same row softmax.
   v, _ = otclip.ot_clip_loss(zi, zt, 1.0 / scale, kind="dbot", direction="i2t", num_iters=1,
                              delta=1e6)  # fmt: skip
-  np.testing.assert_allclose(v, ref["loss_i2t"], rtol=1e-6)
-  v, _ = otclip.ot_clip_loss(
-    zi, zt, 1.0 / scale, kind="uot", direction="t2i", num_iters=1, rho_b=0.0
-  )
-  np.testing.assert_allclose(v, ref["loss_t2i"], rtol=1e-6)
+  np.testing.assert_allclose(v, infonce["i2t"], rtol=1e-6)
+  # Entropic K = 1 is a column normalisation (to 1/n) followed by a row normalisation (to 1/n).
+  kern = np.exp(logits - logits.max())
+  col = kern / kern.sum(0, keepdims=True) / n
+  plan = col / col.sum(1, keepdims=True) / n
+  k1 = -np.mean(np.log(n * np.diag(plan)))
+  v, _ = otclip.ot_clip_loss(zi, zt, 1.0 / scale, kind="entropic", direction="i2t", num_iters=1)
+  np.testing.assert_allclose(v, k1, rtol=1e-5)
+  assert abs(k1 - infonce["i2t"]) > 0.01 * infonce["i2t"]
 
 
 def test_both_directions_is_symmetric_infonce_through_the_method():
@@ -90,6 +102,20 @@ def test_converged_entropic_plan_matches_pot_and_kl_formula():
   v, _ = otclip.ot_clip_loss(zi, zt, eps, kind="entropic", direction="i2t", num_iters=2000,
                              grad="implicit", threshold=1e-7)  # fmt: skip
   np.testing.assert_allclose(v, -np.mean(np.log(5 * np.diag(ref))), rtol=1e-4)
+
+
+def test_kl_to_identity_is_the_generalised_kl_with_its_mass_term():
+  n = 5
+  eye = np.eye(n) / n
+  rng = np.random.default_rng(0)
+  # scipy's kl_div(x, y) = x log(x/y) - x + y, summed: the generalised KL, mass term included.
+  for plan in (rng.uniform(0.01, 0.5, (n, n)), 2.0 * eye + 1e-3, 0.5 * eye + 1e-3):
+    got = otclip.kl_to_identity(jnp.asarray(plan, jnp.float32))
+    np.testing.assert_allclose(got, np.sum(kl_div(eye, plan)), rtol=1e-5)
+  # c·I/N: -log c + c - 1 >= 0, minimised at c = 1 (without the mass term: -log c, unbounded).
+  for c in (0.5, 2.0, 10.0):
+    got = otclip.kl_to_identity(jnp.asarray(c * eye, jnp.float32))
+    np.testing.assert_allclose(got, -math.log(c) + c - 1.0, rtol=1e-5)
 
 
 def test_kl_to_identity_zero_at_identity_and_dbot_zero_delta_is_balanced():
@@ -132,6 +158,80 @@ def test_ufgw_limits_are_fgw_and_uot():
   np.testing.assert_allclose(loss("ufgw", alpha=0.0, rho_a=1.0, rho_b=0.5), uot, rtol=1e-6)
   assert abs(uot - loss("entropic")) > 1e-3
   assert abs(loss("ufgw", alpha=0.1, rho_a=1.0, rho_b=0.5) - uot) > 1e-4
+
+
+def test_ufgw_mass_stays_bounded_up_to_alpha_10():
+  zi, zt = _pair(n=24, d=16, noise=0.3)  # well aligned
+  eps = 1.0 / 16.5
+  masses = {}
+  for grad, iters in (("unroll", 5), ("implicit", 500)):
+    kw = dict(kind="ufgw", direction="i2t", rho_a=1.0, rho_b=1.0, outer_iters=10)
+    kw.update(grad=grad, num_iters=iters, threshold=1e-6)
+
+    def loss(a, b, alpha, kw=kw):
+      v, aux = otclip.ot_clip_loss(a, b, eps, alpha=alpha, **kw)
+      return v, aux["ot_i2t/mass"]
+
+    vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    masses[grad] = []
+    for alpha in (0.0, 0.1, 1.0, 10.0):
+      (v, mass), grads = vg(zi, zt, alpha)
+      assert all(bool(jnp.all(jnp.isfinite(x))) for x in (v, mass, *grads)), (grad, alpha)
+      masses[grad].append(float(mass))
+    # The structure cost G >= 0 only removes mass: never above the α = 0 (UOT) plan's.
+    m = masses[grad]
+    assert all(m1 <= m0 + 1e-5 for m0, m1 in zip(m, m[1:], strict=False)), masses
+    assert m[-1] > 0.05, masses
+  # Control: the similarity form -α Σx P Σy with the same relaxed marginals diverges.
+  cost = (1.0 - zi @ zt.T) / eps
+  sx, sy = zi @ zi.T / eps, zt @ zt.T
+  kw = dict(epsilon=1.0, grad="stop_gradient", max_iterations=500, threshold=1e-6)
+  out = plans.sinkhorn(cost, tau_a=0.5, tau_b=0.5, **kw)
+  for _ in range(9):
+    out = plans.sinkhorn(cost - 10.0 * sx @ out.plan @ sy, tau_a=0.5, tau_b=0.5, **kw)
+  assert not float(out.mass) < 2.0 * masses["implicit"][0], float(out.mass)
+
+
+def _ufgw_objective(cost, sx, sy, alpha, rho, plan):
+  """The ε-scaled UFGW objective of the module docstring, GW by its 4-index definition."""
+  n = cost.shape[0]
+  dx, dy = 1.0 - sx, 1.0 - sy
+  sq = (dx[:, None, :, None] - dy[None, :, None, :]) ** 2
+  gw = 0.5 * jnp.einsum("ijkl,ij,kl->", sq, plan, plan)
+  u = jnp.full((n,), 1.0 / n)
+
+  def kl(x, y):
+    return jnp.sum(x * jnp.log(x / y) - x + y)
+
+  entropy = jnp.sum(plan * (jnp.log(plan) - 1.0))
+  marginals = rho * (kl(plan.sum(1), u) + kl(plan.sum(0), u))
+  return jnp.sum(cost * plan) + 0.5 * alpha * gw + entropy + marginals
+
+
+def test_ufgw_fixed_point_is_stationary_and_tends_to_fgw():
+  zi, zt = _pair(n=12, d=8, noise=0.5)
+  eps = 0.1
+  cost = (1.0 - zi @ zt.T) / eps
+  sx, sy = zi @ zi.T, zt @ zt.T
+  kw = dict(num_iters=5000, grad="implicit", threshold=1e-7, outer_iters=30)
+  for alpha in (0.5, 2.0):
+    out = otclip.ot_plan(cost, sx, sy, kind="ufgw", rho_a=1.0, rho_b=1.0, alpha=alpha / eps, **kw)
+    grad = jax.grad(lambda p, a=alpha: _ufgw_objective(cost, sx, sy, a / eps, 1.0, p))(out.plan)
+    # Stationary: the gradient w.r.t. log P vanishes (P > 0 everywhere).
+    assert float(jnp.sum(jnp.abs(out.plan * grad))) < 1e-5
+  alpha = 2.0 / eps
+  fgw = otclip.ot_plan(cost, sx, sy, kind="fgw", alpha=alpha, **kw).plan
+  # Balanced FGW = the paper's similarity form (same converged linearisation steps).
+  sk = dict(epsilon=1.0, grad="stop_gradient", max_iterations=5000, threshold=1e-7)
+  sim_form = plans.sinkhorn(cost, **sk)
+  for _ in range(29):
+    sim_form = plans.sinkhorn(cost - alpha * sx @ sim_form.plan @ sy, **sk)
+  np.testing.assert_allclose(sim_form.plan, fgw, atol=1e-6)
+  gaps = []
+  for rho in (1e1, 1e3):
+    ufgw = otclip.ot_plan(cost, sx, sy, kind="ufgw", rho_a=rho, rho_b=rho, alpha=alpha, **kw)
+    gaps.append(float(jnp.sum(jnp.abs(ufgw.plan - fgw))))
+  assert gaps[1] < 0.03 * gaps[0] and gaps[1] < 5e-3, gaps  # ~1/ρ
 
 
 @pytest.mark.parametrize("kind", otclip.LOSSES)
