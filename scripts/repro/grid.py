@@ -285,7 +285,7 @@ def _claims(claims: Sequence[Claim], records: Sequence[dict]) -> list[str]:
   return [*lines, ""]
 
 
-def _cost(records: Sequence[dict]) -> list[str]:
+def _cost(records: Sequence[dict], order: Sequence[str]) -> list[str]:
   lines = [
     "### Cost per run (CPU seconds of the run's processes, user + system; wall seconds)",
     "",
@@ -295,7 +295,8 @@ def _cost(records: Sequence[dict]) -> list[str]:
     "| group | runs | CPU s | wall s | evaluation CPU s |",
     "|---|---|---|---|---|",
   ]
-  for g in _ordered_groups(records, ()):
+  present = _ordered_groups(records, ())
+  for g in [g for g in order if g in present] + [g for g in present if g not in order]:
     recs = [r for r in records if r["group"] == g]
     ev = [r["eval_cpu_s"] for r in recs if r.get("eval_cpu_s") is not None]
     lines.append(
@@ -351,7 +352,7 @@ def render(
     lines += _table(t, records)
   if claims:
     lines += _claims(claims, records)
-  lines += _cost(records)
+  lines += _cost(records, list(dict.fromkeys(g for t in tables for g in t.groups)))
   lines.append(END)
   return "\n".join(lines)
 
