@@ -10,7 +10,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["clip_loss", "siglip_loss"]
+__all__ = ["clip_loss", "infonce", "siglip_loss"]
+
+
+def infonce(logits_bb: jax.Array, valid_b: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Per-example InfoNCE cross-entropies of a square logit matrix whose diagonal is positive.
+
+  Args:
+    logits_bb: [b, b] logits, row i = query i (e.g. image), column j = candidate j (caption).
+    valid_b: optional [b] bool: only valid rows/columns serve as negatives (SafeCLIP's safe
+      subset); entries for invalid examples are still returned (finite) for the caller to mask.
+
+  Returns:
+    `(i2t_b, t2i_b)`: −log softmax over each row (resp. column) at the diagonal.
+  """
+  logits_bb = logits_bb.astype(jnp.float32)
+  rows, cols = logits_bb, logits_bb
+  if valid_b is not None:
+    cols = jnp.where(valid_b[None, :], logits_bb, -jnp.inf)
+    rows = jnp.where(valid_b[:, None], logits_bb, -jnp.inf)
+  diag_b = jnp.diagonal(logits_bb)
+  return jax.nn.logsumexp(cols, axis=1) - diag_b, jax.nn.logsumexp(rows, axis=0) - diag_b
 
 
 def clip_loss(
@@ -30,14 +50,9 @@ def clip_loss(
   logits_bb = logit_scale * jnp.einsum(
     "id,jd->ij", zimg_bd.astype(jnp.float32), ztxt_bd.astype(jnp.float32)
   )
-  labels = jnp.arange(logits_bb.shape[0])
-  i2t = -jnp.mean(
-    jnp.take_along_axis(jax.nn.log_softmax(logits_bb, axis=1), labels[:, None], axis=1)
-  )
-  t2i = -jnp.mean(
-    jnp.take_along_axis(jax.nn.log_softmax(logits_bb, axis=0), labels[None, :], axis=0)
-  )
-  acc = jnp.mean(jnp.argmax(logits_bb, axis=1) == labels)
+  i2t_b, t2i_b = infonce(logits_bb)
+  i2t, t2i = jnp.mean(i2t_b), jnp.mean(t2i_b)
+  acc = jnp.mean(jnp.argmax(logits_bb, axis=1) == jnp.arange(logits_bb.shape[0]))
   return (i2t + t2i) / 2, {"loss_i2t": i2t, "loss_t2i": t2i, "batch_acc_i2t": acc}
 
 

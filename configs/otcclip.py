@@ -25,6 +25,7 @@ from clipjax import config_lib
 
 METHOD_NAMES = ("otcclip", "roclip", "safeclip", "clip")
 ATTACKS = ("poison", "backdoor")
+WORLDS = ("shapes", "distinct")
 
 
 def poison_spec(*, train_size: int, targets: int, captions: int, seed: int, poison_seed: int):
@@ -72,58 +73,104 @@ def backdoor_spec(
   }
 
 
+ABLATIONS = {
+  "full": {},
+  # Attribution (issue 20): global-cosine re-matching on the same pool with the same losses.
+  "global_match": {"matching": "global"},
+  "global_match_only": {"matching": "global", "inter_weight": 0.0, "intra_weight": 0.0},
+  # OT re-ranking without the inter/intra terms.
+  "match_only": {"inter_weight": 0.0, "intra_weight": 0.0},
+  # Each alignment term alone on top of CLIP (no re-matching), and both.
+  "inter_only": {"matching": "none", "intra_weight": 0.0},
+  "intra_only": {"matching": "none", "inter_weight": 0.0},
+  "no_match": {"matching": "none"},
+  # The intra term as first implemented (minimised by collapsing an item's tokens).
+  "intra_distance": {"intra_mode": "distance"},
+}
+"""OTCCLIP variants (`variant=`): overrides of the full method's fields."""
+
+TRUTH_LABELS = ("colour+shape", "size", "position")
+"""Label sets sent to the train step; equal labels in all of them = an equivalent caption."""
+
+
 def method_spec(
-  name: str, *, steps_per_epoch: int, context_length: int, bank_size: int, match_alpha: float
+  name: str,
+  *,
+  steps_per_epoch: int,
+  total_steps: int,
+  context_length: int,
+  bank_size: int,
+  match_alpha: float,
+  variant: str = "full",
+  enqueue: str = "matching",
+  cross_aug: bool = True,
 ) -> dict:
-  """`config.method` for one of `METHOD_NAMES`."""
+  """`config.method` for one of `METHOD_NAMES` (`variant` only for otcclip; `enqueue` and
+  `cross_aug` only for roclip, published defaults)."""
   e = steps_per_epoch
   cadence = {"match_start": e, "match_period": 2 * e, "match_duration": e}
+  aug = {"aug_shift": 2, "aug_jitter": 0.1, "token_dropout": 0.1}
   if name == "clip":
     return {"name": "clip", "kwargs": {}}
   if name == "roclip":
-    return {"name": "roclip", "kwargs": {"pool": "bank", "bank_size": bank_size, **cadence}}
+    return {
+      "name": "roclip",
+      "kwargs": {
+        "pool": "bank",
+        "bank_size": bank_size,
+        **cadence,
+        "enqueue": enqueue,  # published: the bank is written on re-matching epochs only
+        "cross_aug": cross_aug,  # published README command: --cross_aug
+        **aug,
+        "truth_labels": list(TRUTH_LABELS),
+      },
+    }
   if name == "safeclip":
+    # Published: 5 in-modal + 1 CLIP warm-up epochs of 32, scaled to this run's length.
     return {
       "name": "safeclip",
       "kwargs": {
-        "unimodal_steps": e // 2,
-        "clip_warmup_steps": e // 2,
+        "unimodal_steps": round(total_steps * 5 / 32),
+        "clip_warmup_steps": max(1, round(total_steps * 1 / 32)),
         "steps_per_epoch": e,
-        "safe_init": 0.5,
+        "first_threshold": 0.9,
         "safe_growth": 0.01,
         "safe_max": 0.85,
         "gmm_iters": 10,
-        "aug_shift": 2,
-        "aug_jitter": 0.1,
-        "token_dropout": 0.1,
+        **aug,
       },
     }
   if name == "otcclip":
-    return {
-      "name": "otcclip",
-      "kwargs": {
-        "pool": "bank+batch",
-        "bank_size": bank_size,
-        "context_length": context_length,
-        "shortlist_k": 8,
-        "match_alpha": match_alpha,
-        **cadence,
-        "ot_epsilon": 0.05,
-        "ot_iters": 30,
-        "ot_solver": "kernel",
-        "ot_chunk": 4096,
-        "exclude_sos": True,
-        "exclude_eot": False,
-        "inter_weight": 0.1,
-        "inter_temperature": 0.05,
-        "inter_batch": 32,
-        "intra_weight": 0.1,
-        "intra_mode": "distance",
-        "aug_shift": 2,
-        "aug_jitter": 0.1,
-        "token_dropout": 0.1,
-      },
+    if variant not in ABLATIONS:
+      raise ValueError(f"variant must be one of {sorted(ABLATIONS)}, got {variant!r}")
+    kwargs = {
+      "matching": "ot",
+      "pool": "bank+batch",
+      "bank_size": bank_size,
+      "context_length": context_length,
+      "enqueue": "always",
+      "shortlist_k": 8,
+      "match_alpha": match_alpha,
+      **cadence,
+      "ot_epsilon": 0.05,
+      "ot_iters": 30,
+      "ot_solver": "kernel",
+      "ot_chunk": 4096,
+      "exclude_sos": True,
+      "exclude_eot": False,
+      "clip_weight": 1.0,
+      "inter_weight": 0.1,
+      "inter_temperature": 0.05,
+      "inter_batch": 32,
+      "intra_weight": 0.1,
+      # Non-collapsing (clipjax/methods/otcclip.py); "distance" is the intra_distance variant.
+      "intra_mode": "divergence",
+      **aug,
+      "cross_aug": False,
+      "truth_labels": list(TRUTH_LABELS),
     }
+    kwargs.update(ABLATIONS[variant])
+    return {"name": "otcclip", "kwargs": kwargs}
   raise ValueError(f"method must be one of {METHOD_NAMES}, got {name!r}")
 
 
@@ -144,6 +191,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     train_size=20000,
     bank_size=1024,
     match_alpha=0.5,
+    variant="full",  # otcclip: a key of ABLATIONS
+    enqueue="matching",  # roclip: "matching" (published) or "always"
+    cross_aug=True,  # roclip: RoCLIP's --cross_aug (published README command)
+    world="shapes",  # "shapes" or "distinct" (captions tell images apart: second_object)
     image_size=48,
     width=128,
     layers=4,
@@ -153,6 +204,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     raise ValueError(f"method must be one of {METHOD_NAMES}, got {arg.method!r}")
   if arg.attack not in ATTACKS:
     raise ValueError(f"attack must be one of {ATTACKS}, got {arg.attack!r}")
+  if arg.world not in WORLDS:
+    raise ValueError(f"world must be one of {WORLDS}, got {arg.world!r}")
+  world = config_lib.SHAPES_WORLDS[arg.world]
   c = config_lib.train_config()
   c.seed = arg.seed
   c.total_steps = arg.steps
@@ -163,8 +217,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   ov.embed_dim = arg.width
   ov.vision.update(width=arg.width, layers=arg.layers, mlp_dim=4 * arg.width)
   ov.text.update(width=arg.width, layers=arg.layers, mlp_dim=4 * arg.width)
+  c.data.train_labels = list(TRUTH_LABELS)
   c.eval.every_steps = 0
   c.eval.max_examples = 1000
+  c.eval.datasets = {"shapes_test": config_lib.shapes_world(arg.world, "test")}
   train_size, targets, captions, bank = arg.train_size, arg.targets, arg.captions, arg.bank_size
   if arg.smoke:
     config_lib.apply_smoke(c)
@@ -177,6 +233,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       seed=0,
       poison_seed=arg.poison_seed,
     )
+    c.data.train.update(world)
     n_train = train_size + targets * captions
   else:
     c.data.train = backdoor_spec(
@@ -187,6 +244,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       seed=0,
       poison_seed=arg.poison_seed,
     )
+    c.data.train.update(world)
     n_train = train_size
   steps_per_epoch = max(1, n_train // c.data.batch_size)
   if arg.smoke:
@@ -194,8 +252,12 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.method = method_spec(
     arg.method,
     steps_per_epoch=steps_per_epoch,
+    total_steps=c.total_steps,
     context_length=c.data.context_length,
     bank_size=bank,
     match_alpha=arg.match_alpha,
+    variant=arg.variant,
+    enqueue=arg.enqueue,
+    cross_aug=arg.cross_aug,
   )
   return c

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clipjax import losses
-from clipjax.methods import cola, hotclip, ncu, otcclip, otclip
+from clipjax.methods import cola, hotclip, ncu, otcclip, otclip, roclip, safeclip
 from clipjax.methods.base import Embeddings, Method
 
 __all__ = ["REGISTRY", "Embeddings", "Method", "get"]
@@ -47,7 +47,7 @@ REGISTRY: dict[str, Callable[..., Method]] = {
   "clip": _clip,
   "siglip": _siglip,
 }
-for _module in (otclip, ncu, otcclip, cola, hotclip):
+for _module in (otclip, ncu, otcclip, roclip, safeclip, cola, hotclip):
   for _name, _factory in _module.METHODS.items():
     if _name in REGISTRY:
       raise RuntimeError(f"Method {_name!r} registered twice ({_module.__name__}).")
