@@ -83,6 +83,22 @@ CAPTION_TEMPLATES = (
   "a drawing of a {size} {shape}, {colour}, {pos}",
 )
 
+_ADJECTIVE_PROMPTS = (
+  "a {} shape.",
+  "one {} object.",
+  "something {} in the picture.",
+  "a {} figure.",
+  "the object is {}.",
+  "a {} thing.",
+  "a picture of something {}.",
+  "one {} item.",
+  "a {} drawing.",
+  "something {} on a grey background.",
+  "the shape is {}.",
+  "a {} coloured shape.",
+)
+"""Rich prompts for an adjective label set (size, fill)."""
+
 _LABEL_TEMPLATES_RICH = {
   "colour": (
     "a {} shape.",
@@ -112,20 +128,7 @@ _LABEL_TEMPLATES_RICH = {
     "a small or large {}.",
     "the object is a {}.",
   ),
-  "size": (
-    "a {} shape.",
-    "one {} object.",
-    "something {} in the picture.",
-    "a {} figure.",
-    "the object is {}.",
-    "a {} thing.",
-    "a picture of something {}.",
-    "one {} item.",
-    "a {} drawing.",
-    "something {} on a grey background.",
-    "the shape is {}.",
-    "a {} coloured shape.",
-  ),
+  "size": _ADJECTIVE_PROMPTS,
   "position": (
     "a shape in the {}.",
     "something in the {}.",
@@ -154,20 +157,7 @@ _LABEL_TEMPLATES_RICH = {
     "a small or large {}.",
     "the object: a {}.",
   ),
-  "fill": (
-    "a {} shape.",
-    "one {} object.",
-    "something {} in the picture.",
-    "a {} figure.",
-    "the object is {}.",
-    "a {} thing.",
-    "a picture of something {}.",
-    "one {} item.",
-    "a {} drawing.",
-    "something {} on a grey background.",
-    "the shape is {}.",
-    "a {} coloured shape.",
-  ),
+  "fill": _ADJECTIVE_PROMPTS,
 }
 """Twelve prompts per label set (``label_templates="rich"``), the first three as the default."""
 
