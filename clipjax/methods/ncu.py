@@ -13,8 +13,10 @@ Two stages run by one trainer (`config.stages`), from a pre-trained CLIP:
 * `ncu_ga`: the gradient-ascent baseline of Table 4: -L_CLIP on D_FG plus label-smoothed L_CLIP
   on D_RT, with the same forget-set selection.
 
-The forget set D_FG (Sec. 4.1) is recomputed every step over the global batch: the round(P·N)
-pairs with the lowest clean confidence ω_i (Eq. 2), computed without gradient.
+The forget set D_FG (Sec. 4.1) is recomputed every step over the global batch: the P·N pairs
+with the lowest clean confidence ω_i (Eq. 2), computed without gradient; P·N is rounded to the
+nearest integer (`forget_count="round"`, the count closest to the paper's "lowest P %") or down
+(`"floor"`, the code's `int(P·N)`).
 
 Paper (default) vs. official code (`hhc1997/NCU`, `src/ul_clip.py`), each a kwarg:
 
@@ -33,9 +35,11 @@ Paper (default) vs. official code (`hhc1997/NCU`, `src/ul_clip.py`), each a kwar
   t2v; its solution is the transpose of the first plan, so one plan is solved here.
 * `normalize_cost`: False — C̄ = 1 - cos (paper); True — divided by its maximum (code).
 * `sep_on` (L_sep in stage 2): "retained" — Eq. 3 is defined over D_RT (paper); "all" (code).
-* Trainable parameters are a config matter (`configs/ncu.py`): the paper trains only the prompts
-  in stage 1, the code also the whole text tower; stage 2 freezes the prompts (paper), the code
-  also the text positional embedding and the lower half of the text blocks.
+* Trainable parameters and optimizer state are a config matter (`configs/ncu.py`): stage 1
+  trains the prompts and the text tower with the visual encoder frozen (paper; the first term of
+  Eq. 5 needs the text tower), the code also the image projection and `logit_scale`; stage 2
+  freezes the prompts (paper), the code also the text positional embedding and text blocks 0-4
+  of 12.
 * Eq. 5 as printed sums log σ(·) (a log-likelihood); the loss here is its negative, -Σ log σ(·),
   which is what the code minimises.
 
@@ -70,6 +74,7 @@ __all__ = [
   "ncu_ga",
   "ncu_hn",
   "ncu_unlearn",
+  "num_forget",
   "otr_loss",
   "relation_loss",
   "select_forget",
@@ -83,6 +88,7 @@ _RELATION = ("paper", "code")
 _TARGETS = ("paper", "code")
 _SEP_ON = ("retained", "all")
 _UNLEARN = ("both", "false_negatives", "false_positives")
+_FORGET_COUNT = ("round", "floor")
 
 
 def _check(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -95,8 +101,11 @@ def _check_fraction(forget_fraction: float) -> None:
     raise ValueError(f"forget_fraction must be in [0, 1), got {forget_fraction}")
 
 
-def _forget_count(forget_fraction: float, n: int) -> int:
-  return int(round(forget_fraction * n))
+def num_forget(forget_fraction: float, n: int, rule: str) -> int:
+  """|D_FG| for a batch of n: P·n rounded to nearest ("round", paper) or down ("floor", code)."""
+  _check("forget_count", rule, _FORGET_COUNT)
+  k = forget_fraction * n
+  return int(round(k)) if rule == "round" else int(k)
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -393,6 +402,7 @@ def ncu_hn(
   num_prompts: int = 8,
   prompt_scale: float = 1.0,
   forget_fraction: float = 0.1,
+  forget_count: str = "round",
   confidence: str = "both",
   lam: float = 10.0,
   alpha: float = -0.7,
@@ -408,6 +418,7 @@ def ncu_hn(
       learning rate by prompt_scale, the only way to give them their own rate (code: lr_HN 3e-4
       vs. 1e-4 for the text tower) under the trainer's single optimizer. 1 = no change.
     forget_fraction: P, share of the global batch put in D_FG (code script: 0.1).
+    forget_count: "round" (paper) or "floor" (code's int(P·N)): how P·N becomes |D_FG|.
     confidence: "both" (Eq. 2) or "i2t" (code).
     lam: λ of Eq. 6 (code: 10).
     alpha: lower margin of <t_i, t_i^Neg> (code: -0.7).
@@ -417,13 +428,14 @@ def ncu_hn(
   _check("confidence", confidence, _CONFIDENCE)
   _check("relation", relation, _RELATION)
   _check_fraction(forget_fraction)
+  _check("forget_count", forget_count, _FORGET_COUNT)
   if not alpha < beta:
     raise ValueError(f"alpha ({alpha}) must be below beta ({beta})")
 
   def loss(emb: Embeddings, mstate, rng):
     del rng
     zneg = _zneg(emb)
-    k = _forget_count(forget_fraction, emb.zimg.shape[0])
+    k = num_forget(forget_fraction, emb.zimg.shape[0], forget_count)
     forget_n, _ = select_forget(emb.zimg, emb.ztxt, emb.logit_scale, k, confidence=confidence)
     value, aux = hn_loss(
       emb.zimg,
@@ -453,6 +465,7 @@ def ncu_unlearn(
   num_prompts: int = 8,
   prompt_scale: float = 1.0,
   forget_fraction: float = 0.1,
+  forget_count: str = "round",
   confidence: str = "both",
   alpha: float = -0.7,
   beta: float = -0.2,
@@ -471,14 +484,17 @@ def ncu_unlearn(
     num_prompts: m (must match stage 1; the prompts are frozen here by the config).
     prompt_scale: as in `ncu_hn` (must match stage 1).
     forget_fraction: P (code script: 0.1).
+    forget_count: "round" (paper) or "floor" (code).
     confidence: "both" (Eq. 2) or "i2t" (code).
     alpha: lower margin of L_sep (Eq. 12 reuses Eq. 3).
     beta: upper margin.
     gamma: γ of Eq. 10 (code: 0.7).
     epsilon: Sinkhorn ε on the (optionally max-normalised) cost (code: 0.03).
     max_iterations: Sinkhorn iteration cap (code: 100).
-    threshold: L1 marginal-error tolerance (ott's criterion; the code stops on a 1e-4 change of
-      the scaling vector instead).
+    threshold: L1 marginal-error tolerance (ott's criterion). The code stops when the row
+      potential changes by Σ_i |Δu_i| < 1e-4 (cost units) or after 100 iterations; since
+      Σ_i |Δu_i| ≈ ε N |Γ1 - μ|_1, that rule is `threshold = 1e-4 / (ε N)` here (the code-mode
+      value of `configs/ncu.py`, which reproduces the official plans' accuracy).
     normalize_cost: divide C̄ by its maximum (code) or not (paper).
     targets: "paper" or "code" (see the module docstring).
     sep_on: L_sep over "retained" rows (paper, Eq. 3) or "all" (code).
@@ -489,6 +505,7 @@ def ncu_unlearn(
   _check("sep_on", sep_on, _SEP_ON)
   _check("unlearn", unlearn, _UNLEARN)
   _check_fraction(forget_fraction)
+  _check("forget_count", forget_count, _FORGET_COUNT)
   if not 0.0 <= gamma <= 1.0:
     raise ValueError(f"gamma must be in [0, 1], got {gamma}")
 
@@ -496,7 +513,7 @@ def ncu_unlearn(
     del rng
     zneg = _zneg(emb)
     n = emb.zimg.shape[0]
-    k = _forget_count(forget_fraction, n)
+    k = num_forget(forget_fraction, n, forget_count)
     forget_n, _ = select_forget(emb.zimg, emb.ztxt, emb.logit_scale, k, confidence=confidence)
     aux = forget_metrics(forget_n, emb.batch)
     use_forget_n = forget_n if unlearn != "false_negatives" else jnp.zeros_like(forget_n)
@@ -589,6 +606,7 @@ def ga_loss(
 def ncu_ga(
   *,
   forget_fraction: float = 0.1,
+  forget_count: str = "round",
   confidence: str = "both",
   label_smoothing: float = 0.1,
   ascent_weight: float = 1.0,
@@ -597,16 +615,18 @@ def ncu_ga(
 
   Args:
     forget_fraction: P, as in NCU (D_FG chosen by the same confidence).
+    forget_count: "round" or "floor", as in NCU.
     confidence: "both" or "i2t".
     label_smoothing: smoothing of the retained targets (the paper does not give a value).
     ascent_weight: weight of the ascent term (the paper implies 1).
   """
   _check("confidence", confidence, _CONFIDENCE)
   _check_fraction(forget_fraction)
+  _check("forget_count", forget_count, _FORGET_COUNT)
 
   def loss(emb: Embeddings, mstate, rng):
     del rng
-    k = _forget_count(forget_fraction, emb.zimg.shape[0])
+    k = num_forget(forget_fraction, emb.zimg.shape[0], forget_count)
     forget_n, _ = select_forget(emb.zimg, emb.ztxt, emb.logit_scale, k, confidence=confidence)
     value, aux = ga_loss(
       emb.zimg,

@@ -46,13 +46,18 @@ def build_model(config: mlc.ConfigDict, rng: jax.Array):
 
 
 class Stage(NamedTuple):
-  """A contiguous range of steps trained with one method and one set of frozen parameters."""
+  """A contiguous range of steps trained with one method and one set of frozen parameters.
+
+  `fresh_optimizer`: the stage starts from a fresh optimizer state (`optim.fresh_opt_state`:
+  zero Adam moments, the schedule keeps the global step) instead of continuing the previous one.
+  """
 
   name: str
   start: int
   end: int
   method: methods_lib.Method
   frozen: tuple[str, ...]
+  fresh_optimizer: bool = False
 
 
 def build_stages(config: mlc.ConfigDict) -> list[Stage]:
@@ -69,14 +74,17 @@ def build_stages(config: mlc.ConfigDict) -> list[Stage]:
     ]
   stages, start = [], 0
   for i, spec in enumerate(specs):
-    unknown = set(spec) - {"name", "steps", "method", "frozen"}
+    unknown = set(spec) - {"name", "steps", "method", "frozen", "fresh_optimizer"}
     if unknown:
       raise ValueError(f"config.stages[{i}] has unknown keys {sorted(unknown)}.")
     method_spec = spec.get("method", config.method.to_dict())
     method = methods_lib.get(method_spec["name"], **dict(method_spec.get("kwargs", {})))
     end = start + int(spec["steps"])
     frozen = tuple(spec.get("frozen", config.optim.frozen))
-    stages.append(Stage(spec.get("name", f"stage{i}"), start, end, method, frozen))
+    fresh = spec.get("fresh_optimizer", False)
+    if not isinstance(fresh, bool):
+      raise ValueError(f"config.stages[{i}].fresh_optimizer must be True/False, got {fresh!r}.")
+    stages.append(Stage(spec.get("name", f"stage{i}"), start, end, method, frozen, fresh))
     start = end
   if start != config.total_steps:
     raise ValueError(
@@ -222,6 +230,13 @@ def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict
       )
     return step_fns[i]
 
+  fresh_opt = jax.jit(
+    lambda st: st._replace(opt_state=optim.fresh_opt_state(trainer.tx, st.opt_state, st.params)),
+    in_shardings=(state_shardings,),
+    out_shardings=state_shardings,
+    donate_argnums=0,
+  )
+
   evaluator = periodic_eval.Evaluator(config, model)
   step = int(jax.device_get(state.step))
   first_step = step
@@ -236,6 +251,9 @@ def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict
     stage_index = next(i for i, s in enumerate(stages) if s.start <= step < s.end)
     if is_main and len(stages) > 1 and step in (first_step, stages[stage_index].start):
       print(f"Stage {stages[stage_index].name!r}: steps {step}..{stages[stage_index].end}.")
+    if step == stages[stage_index].start and stages[stage_index].fresh_optimizer:
+      # Also on a resume at the boundary: the checkpoint holds the previous stage's state.
+      state = fresh_opt(state)
     t0 = time.perf_counter()
     local = next(train_iter)
     batch = sharding.make_global_batch(mesh, data_setup.model_inputs(local))

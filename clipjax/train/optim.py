@@ -19,6 +19,7 @@ from clipjax import tree as tree_lib
 __all__ = [
   "LOGIT_SCALE_MAX",
   "clamp_logit_scale",
+  "fresh_opt_state",
   "make_optimizer",
   "make_schedule",
   "trainable_mask",
@@ -57,6 +58,25 @@ def make_optimizer(optim: Any, params: Any, total_steps: int) -> optax.GradientT
     chain.append(optax.clip_by_global_norm(optim.clip_grad_norm))
   chain.append(adamw)
   return optax.chain(*chain)
+
+
+def fresh_opt_state(tx: optax.GradientTransformation, opt_state: Any, params: Any) -> Any:
+  """`tx`'s state restarted for `params`, except the learning-rate schedule's position.
+
+  What a new PyTorch optimizer does at a stage boundary while its LR scheduler keeps the global
+  step (NCU's released code): Adam's moments and bias-correction count start from zero, the
+  schedule does not restart its warm-up.
+  """
+
+  def is_schedule(x):
+    return isinstance(x, optax.ScaleByScheduleState)
+
+  return jax.tree.map(
+    lambda new, old: old if is_schedule(new) else new,
+    tx.init(params),
+    opt_state,
+    is_leaf=is_schedule,
+  )
 
 
 def trainable_mask(params: Any, frozen: list[str] | tuple[str, ...]) -> Any:
