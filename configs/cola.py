@@ -27,8 +27,15 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     smoke=False,
     ckpt="",
     n=200,
-    world="synthetic",  # or "digits" (label set "digit", 10 classes)
-    label_set="",  # "": "colour" for synthetic, "digit" for digits
+    # "synthetic" (the default shapes world), "digits" (label set "digit", 10 classes) or a
+    # named shapes world of config_lib.SHAPES_WORLDS ("many": 77 colour+shape classes x 12
+    # prompts, more text features than the embedding width: where OT and Π can matter).
+    world="synthetic",
+    label_set="",  # "": "digit" for digits, "colour+shape" for many, else "colour"
+    # C, principal text directions kept by Π (paper: 256 at width 512). Π is the identity once C
+    # reaches min(width, #text features): with world=many (924 features) and the tiny model
+    # (width 128), the paper's ratio C/width = 1/2 is components=64.
+    components=256,
     attacks="all",  # "pgd", "square" or "all"
     eps="1+4",  # radii in 1/255 units, "+"-separated
     eot=4,
@@ -53,12 +60,18 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.data.tokenizer = ""  # BPE merges file; "": the checkpoint workdir's, else OpenAI's (shipped)
 
   c.eval = mlc.ConfigDict()
-  if arg.world not in ("synthetic", "digits"):
-    raise ValueError(f"world must be 'synthetic' or 'digits', got {arg.world!r}")
-  c.eval.dataset = {"name": arg.world, "split": "test", "seed": 0}
+  worlds = ("synthetic", "digits", *config_lib.SHAPES_WORLDS)
+  if arg.world not in worlds:
+    raise ValueError(f"world must be one of {worlds}, got {arg.world!r}")
+  if arg.world in config_lib.SHAPES_WORLDS:
+    c.eval.dataset = config_lib.shapes_world(arg.world, "test")
+  else:
+    c.eval.dataset = {"name": arg.world, "split": "test", "seed": 0}
   # "colour": 6 classes (the quickstart model's best crop-invariant label set: 0.85 clean;
   # "shape" is 0.33, chance 0.20); "digit": 10 classes; 3 templates each.
-  c.eval.label_set = arg.label_set or {"synthetic": "colour", "digits": "digit"}[arg.world]
+  c.eval.label_set = arg.label_set or {"digits": "digit", "many": "colour+shape"}.get(
+    arg.world, "colour"
+  )
   c.eval.max_examples = arg.n
   c.eval.batch_size = 50
 
@@ -73,7 +86,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     "crop_ratio": (3.0 / 4.0, 4.0 / 3.0),
     "flip": True,
     "centre_crop": 1.0,  # test images are already at model resolution
-    "num_components": 256,  # capped by the number of text features
+    "num_components": arg.components,  # capped by the width and the number of text features
     "projection": True,
     "use_ot": True,
     "marginals": "entropy",
@@ -89,6 +102,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     "cola_no_proj": {"projection": False},
     "cola_uniform": {"marginals": "uniform"},
     "views_mean": {"use_ot": False, "projection": False},
+    # Views + Π without OT: with cola_no_proj (views + OT) the paired ablation of issue 20.
+    "views_proj": {"use_ot": False, "projection": True},
   }
   radii = [int(e) for e in str(arg.eps).split("+") if e]
   pgd_losses = [v for v in str(arg.loss).split("+") if v]

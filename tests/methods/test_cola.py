@@ -223,6 +223,23 @@ def test_config_pgd_objective_is_selectable():
     _config("loss=hinge")
 
 
+def test_config_many_world_has_more_text_features_than_width():
+  """world=many: 77 classes x 12 prompts (924 text features) > the embedding width, so Π keeps
+  min(C, width) directions and is the identity unless components < width; views_proj (views + Π,
+  no OT) pairs with cola_no_proj."""
+  from clipjax.data import registry
+
+  c = _config("world=many")
+  assert c.eval.label_set == "colour+shape"
+  lset = registry.build_source(c.eval.dataset.to_dict(), 32).label_sets["colour+shape"]
+  width = c.model.overrides.get("embed_dim") or 0
+  assert len(lset.classnames) * len(lset.templates) == 924 > max(width, 256)
+  assert c.cola.variants["views_proj"].to_dict() == {"use_ot": False, "projection": True}
+  assert _config("world=many,components=64").cola.base["num_components"] == 64
+  with pytest.raises(ValueError, match="world"):
+    _config("world=mars")
+
+
 def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
   from clipjax import config_lib, runs
   from clipjax.attacks import Stochastic
