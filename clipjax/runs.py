@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from etils import epath
 
 from clipjax import checkpointing
@@ -38,9 +37,6 @@ __all__ = [
   "Run",
   "build_model",
   "config_diffs",
-  "flatten_overrides",
-  "is_workdir",
-  "load_model",
   "open_run",
   "read_json",
   "read_run_config",
@@ -217,7 +213,7 @@ def save_params_workdir(params: dict, run_config: dict[str, Any], path: str) -> 
   Args:
     params: model params (no `method` entry).
     run_config: a training config dict describing the architecture (e.g. a submodel's
-      `config.json`); `load_model(path)` rebuilds the model from it.
+      `config.json`); `clipjax.model.load(path)` rebuilds the model from it.
     path: the new workdir (must not hold checkpoints yet).
   """
   wdir = epath.Path(path)
@@ -232,22 +228,6 @@ def save_params_workdir(params: dict, run_config: dict[str, Any], path: str) -> 
   finally:
     ckpt.close()
   return str(wdir)
-
-
-def flatten_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-  """`{"vision": {"pool": "mean"}}` -> `{"vision.pool": "mean"}` (dotted keys kept)."""
-  out = {}
-  for k, v in overrides.items():
-    if isinstance(v, dict):
-      out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-    else:
-      out[k] = v
-  return out
-
-
-def is_workdir(path: str) -> bool:
-  p = epath.Path(path)
-  return (p / "checkpoints").is_dir() and (p / CONFIG).exists()
 
 
 def read_run_config(workdir: str) -> dict[str, Any]:
@@ -268,32 +248,12 @@ def build_model(
   """
   import clipjax.model as model_lib
 
-  overrides = flatten_overrides(dict(model_cfg.get("overrides") or {}))
+  overrides = model_lib.flatten_overrides(dict(model_cfg.get("overrides") or {}))
   overrides["vision.image_size"] = image_size
   overrides["text.context_length"] = context_length
   init = model_cfg.get("init_checkpoint") or ""
   if not init:
     return model_lib.create(model_cfg["name"], rng, **overrides)
-  if is_workdir(init):
-    return load_model(init)
+  if model_lib.is_workdir(init):
+    return model_lib.load(init)
   return model_lib.load(init, **overrides)
-
-
-def load_model(path: str, step: int | None = None) -> Any:
-  """A trained clipjax workdir (latest or given step) or an imported checkpoint file/dir."""
-  import clipjax.model as model_lib
-
-  if not is_workdir(path):
-    return model_lib.load(path)
-  cfg = read_run_config(path)
-  abstract = model_lib.abstract(
-    cfg["model"]["name"],
-    **{
-      **flatten_overrides(dict(cfg["model"].get("overrides") or {})),
-      "vision.image_size": cfg["data"]["image_size"],
-      "text.context_length": cfg["data"]["context_length"],
-    },
-  )
-  params = checkpointing.restore_params(str(epath.Path(path) / "checkpoints"), step)
-  params = {k: v for k, v in params.items() if k != "method"}
-  return dataclasses.replace(abstract, params=jax.tree.map(jnp.asarray, params))

@@ -13,9 +13,18 @@ A dataset spec with `corrupt` of kind "poison" or "backdoor" also gets its attac
 (`{ds}/asr/...`; clean metrics on uncorrupted images, see clipjax/evaluation/suite.py).
 Linear probe: --config.linear_probe.enabled=True (fits on each dataset's train split); tuple
 options from the command line as strings, e.g. --config.linear_probe.k_shots='(1, 4)'.
-Datasets are data specs (clipjax/data/registry.py); TFDS datasets need a local data_dir, e.g.
---config.datasets.cifar10="{'name': 'tfds', 'tfds_name': 'cifar10', 'split': 'test',
-'data_dir': '/data/tfds'}".
+Datasets are data specs (clipjax/data/registry.py), name -> spec; replace the list from the
+command line (the whole dict: a locked config takes no new keys). TFDS datasets need a local
+data_dir and get CLIP's class names and prompt templates; a folder table with a `label` column
+gets a label set of that name:
+  python -m clipjax.main --config configs/eval.py --config.checkpoint=PATH --workdir DIR \\
+    --config.datasets="{'cifar10': {'name': 'tfds', 'tfds_name': 'cifar10', 'split': 'test', \\
+    'data_dir': '/data/tfds'}, 'mine': {'name': 'folder', 'table': '/data/mine/test.csv'}}"
+Attacks are one string, settable from the command line (clipjax.attacks.parse_attacks):
+  --config.robustness.attacks='pgd:eps=4/255,steps=10;apgd-ce:eps=4/255'   ('none': no attacks)
+They attack each dataset's first label set unless robustness.label_set names one. Every stage
+prints progress with an ETA; finished parts are saved to summary.json ("finished": false) and
+metrics.jsonl as they finish.
 """
 
 import ml_collections as mlc
@@ -35,17 +44,18 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.batch_size = 256  # images per batch
   c.max_examples = 2000  # per dataset (the first ones)
   c.datasets = {"shapes_test": {"name": "synthetic", "split": "test", "seed": 0}}
-  # White-box attacks on the zero-shot classifier of one label set (empty list: skip).
+  # White-box attacks on the zero-shot classifier of one label set per dataset.
   c.robustness = mlc.ConfigDict()
-  c.robustness.label_set = "shape"  # a label set every dataset in c.datasets has
+  c.robustness.label_set = ""  # "": each dataset's first label set; or a name every dataset has
   c.robustness.max_examples = 500  # per dataset
-  c.robustness.attacks = [
-    {"name": "fgsm", "eps": 1 / 255, "label": "fgsm@1"},
-    {"name": "pgd", "eps": 1 / 255, "step_size": 0.25 / 255, "steps": 10, "label": "pgd10@1"},
-    {"name": "pgd", "eps": 4 / 255, "step_size": 1 / 255, "steps": 10, "label": "pgd10@4"},
-    {"name": "mim", "eps": 4 / 255, "step_size": 1 / 255, "steps": 10, "label": "mim10@4"},
-    {"name": "apgd-ce", "eps": 4 / 255, "steps": 20, "label": "apgd20@4"},
-  ]
+  # ';'-separated `name:key=value,...` (clipjax.attacks.parse_attacks); "none": no attacks.
+  c.robustness.attacks = (
+    "fgsm:eps=1/255,label=fgsm@1;"
+    "pgd:eps=1/255,step_size=0.25/255,steps=10,label=pgd10@1;"
+    "pgd:eps=4/255,step_size=1/255,steps=10,label=pgd10@4;"
+    "mim:eps=4/255,step_size=1/255,steps=10,label=mim10@4;"
+    "apgd-ce:eps=4/255,steps=20,label=apgd20@4"
+  )
   c.plots = True  # PNG figures next to summary.json (skipped, with a message, without matplotlib)
   # Selective classification of the zero-shot classifier: risk (error rate) among the
   # ⌈s·n⌉ most confident images at each coverage s, and risk–coverage curves in summary.json.
@@ -77,7 +87,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.batch_size = 16
     c.max_examples = 48
     c.robustness.max_examples = 16
-    c.robustness.attacks = [{"name": "pgd", "eps": 4 / 255, "step_size": 1 / 255, "steps": 2}]
+    c.robustness.attacks = "pgd:eps=4/255,step_size=1/255,steps=2"
     c.linear_probe.max_train = 64
     c.linear_probe.l2_grid = (1e-4, 1e-2)
     c.linear_probe.max_iter = 100

@@ -23,6 +23,7 @@ Paper settings (appendix D, ViT-L/14 on ImageNet): AdamW lr 1e-5, wd 0.01, batch
 import ml_collections as mlc
 
 from clipjax import config_lib, runs
+from clipjax import model as model_lib
 from clipjax.data import registry
 from clipjax.data.sources import label_sets_of
 from clipjax.data.tokenizer import Tokenizer
@@ -74,7 +75,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.eval.every_steps = 60
     c.eval.max_examples = 100  # a monitor only; the hotclip_fuse task evaluates the submodels
   c.model.init_checkpoint = arg.init
-  if arg.init and runs.is_workdir(arg.init):
+  if arg.init and model_lib.is_workdir(arg.init):
     # The base's architecture and data sizes, so that the class prompts below are tokenised at
     # the base's context length (a later --config.data.context_length would not re-tokenise).
     base = runs.read_run_config(arg.init)

@@ -268,10 +268,11 @@ def main():
   if not any(r["variant"] == "quickstart" for r in rows):
     # The quickstart's model and shapes (configs/quickstart.py: 48 px, 16 tokens, batch 128);
     # its steps are short, so more of them are timed.
-    from clipjax import config_lib, runs
+    from clipjax import config_lib
+    from clipjax import model as model_lib
 
     qs = config_lib.train_config().model
-    qs_overrides = runs.flatten_overrides(qs.overrides.to_dict())
+    qs_overrides = model_lib.flatten_overrides(qs.overrides.to_dict())
     rows += train_step_bench(
       qs.name,
       16 if args.quick else 128,

@@ -24,9 +24,9 @@ def _digits(image_size: int, **kw: Any) -> Any:
   return digits.DigitsSource(image_size=image_size, **kw)
 
 
-def _folder(image_size: int, *, table: str) -> Any:
+def _folder(image_size: int, *, table: str, **kw: Any) -> Any:
   del image_size
-  return sources.FolderSource(table)
+  return sources.FolderSource(table, **kw)
 
 
 def _array_record(image_size: int, *, paths: Any) -> Any:

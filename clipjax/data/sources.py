@@ -222,18 +222,49 @@ class FolderSource:
 
   Paths are relative to the table's directory (absolute paths are used as is). Images are
   returned as encoded bytes. A missing file, or a row that is not valid UTF-8 / JSON or lacks a
-  column, raises `BadRecordError` on access, naming the table, row and line.
+  column, raises `BadRecordError` on access, naming the table, row and line. A `label_key`
+  column (class names, one per row; empty = no label) makes a label set of that name for
+  zero-shot evaluation, its classes `classnames` (default: the sorted distinct names in the
+  column) prompted with `templates` (default: CLIP's "a photo of a {}.").
 
   Args:
     table: path of the ``.csv``, ``.tsv`` or ``.jsonl`` file.
+    label_key: the label column; ignored when the table has no such column.
+    classnames: class names in label order; every name in the column must be one of them.
+    templates: zero-shot prompt templates, one "{}" each.
   """
 
-  def __init__(self, table: str | os.PathLike):
+  def __init__(
+    self,
+    table: str | os.PathLike,
+    *,
+    label_key: str = "label",
+    classnames: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+  ):
+    from clipjax.data import prompts
+
     self.table = os.fspath(table)
     self._root = os.path.dirname(os.path.abspath(self.table))
     self._rows = _read_caption_table(self.table)
     self.name = f"folder:{self.table}"
     self.label_sets: dict[str, LabelSet] = {}
+    self._labels: list[int] | None = None
+    if any(label_key in r for r in self._rows):
+      raw = [str(r.get(label_key) or "").strip() for r in self._rows]  # bad rows: no label
+      names = list(classnames) if classnames is not None else sorted(set(raw) - {""})
+      index = {n: i for i, n in enumerate(names)}
+      unknown = sorted(set(raw) - set(index) - {""})
+      if unknown:
+        raise ValueError(f"{self.table}: {label_key!r} values {unknown[:5]} not in classnames")
+      if not names:
+        raise ValueError(f"{self.table}: the {label_key!r} column is empty")
+      self._labels = [index.get(r, -1) for r in raw]
+      templates = list(templates or prompts.GENERIC_TEMPLATES)
+      self.label_sets[label_key] = LabelSet(label_key, names, templates)
+    elif classnames is not None:
+      raise ValueError(f"{self.table}: classnames given but the table has no {label_key!r} column")
+    self._label_key = label_key
 
   def __len__(self) -> int:
     return len(self._rows)
@@ -246,7 +277,10 @@ class FolderSource:
     if "_bad" in row:
       raise BadRecordError(row["_bad"])
     caption = decode_caption(row["caption"], f"{self.name} row {index}")
-    return {"caption": caption, "index": int(index), "key": str(row["path"])}
+    ex = {"caption": caption, "index": int(index), "key": str(row["path"])}
+    if self._labels is not None:
+      ex["labels"] = {self._label_key: self._labels[index]}
+    return ex
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     if not 0 <= index < len(self):

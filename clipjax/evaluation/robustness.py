@@ -55,6 +55,7 @@ def robust_accuracy(
   label_key: str = "label",
   max_examples: int | None = None,
   attack_logits_fn: Callable | Stochastic | None = None,
+  progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
   """Clean and robust accuracy of a classifier under a list of attacks.
 
@@ -71,6 +72,8 @@ def robust_accuracy(
     attack_logits_fn: the model the attacks differentiate, if not `logits_fn` (transfer /
       non-adaptive evaluation, e.g. COLA's protocol attacks the undefended CLIP and evaluates the
       defence); None = adaptive white-box attacks on `logits_fn` itself.
+    progress: called with the number of examples done after every batch (e.g.
+      `clipjax.metrics.StageProgress.update`).
 
   Returns:
     dict with `n`, `clean_acc`, `robust_acc` (worst case over attacks), `attacks` (one entry per
@@ -117,6 +120,8 @@ def robust_accuracy(
       fooled = np.asarray(predict(x_adv, k_eval)) != y
       success[name].append(fooled[keep])
     seen += int(keep.sum())
+    if progress is not None:
+      progress(seen)
   if not clean:
     raise ValueError("no batches to evaluate (empty iterable)")
   clean_n = np.concatenate(clean)

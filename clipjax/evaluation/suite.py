@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from clipjax import metrics as metrics_lib
 from clipjax import sharding
 from clipjax.data import corrupt, pipeline, registry
 from clipjax.data.sources import label_sets_of
@@ -60,10 +61,12 @@ __all__ = [
   "SELECTIVE_DEFAULTS",
   "SELECTORS",
   "Head",
+  "check_datasets",
   "evaluate_datasets",
   "evaluate_robustness",
   "format_markdown",
   "selective_metrics",
+  "tokenizer_for",
 ]
 
 # The options of `evaluate_datasets(linear_probe=...)`; configs/eval.py documents each one.
@@ -129,6 +132,22 @@ def _tokenizer(merges_path: str | None, context_length: int) -> Tokenizer:
   return Tokenizer(merges_path, context_length=context_length)
 
 
+def tokenizer_for(model: Any, merges_path: str, context_length: int) -> Tokenizer:
+  """The tokenizer of `merges_path` ("" = the shipped OpenAI one), checked against the model.
+
+  Raises:
+    ValueError: its vocabulary or end-of-text id does not fit the model's text tower.
+  """
+  tok = _tokenizer(merges_path or None, context_length)
+  if tok.eot_id != model.config.text.eot_id or tok.vocab_size > model.config.text.vocab_size:
+    raise ValueError(
+      f"Tokenizer {tok.merges_path} (vocab {tok.vocab_size}, eot {tok.eot_id}) does not fit the"
+      f" model's text tower (vocab {model.config.text.vocab_size}, eot "
+      f"{model.config.text.eot_id}); pass the model's merges file as the tokenizer."
+    )
+  return tok
+
+
 def _host_params(params: Any) -> Any:
   params = {k: v for k, v in params.items() if k != "method"}
   if jax.process_count() > 1:
@@ -164,19 +183,32 @@ class _Embedded(NamedTuple):
   labels: dict[str, np.ndarray]
 
 
-def _embed(source, what, *, enc_img, enc_txt, host_params, tok, batch_size, image_size):
+def _resize(model: Any) -> dict[str, str]:
+  """The model's eval resize (`iterate_eval` keywords): open_clip's, from its checkpoint."""
+  v = model.config.vision
+  return {"interpolation": v.interpolation, "resize_mode": v.resize_mode}
+
+
+def _embed(
+  source, what, *, enc_img, enc_txt, host_params, tok, batch_size, image_size, resize, progress
+):
   label_sets = label_sets_of(source)
   batches = pipeline.iterate_eval(
-    source, batch_size=batch_size, image_size=image_size, tokenize=tok
+    source, batch_size=batch_size, image_size=image_size, tokenize=tok, **resize
+  )
+  shown = metrics_lib.StageProgress(
+    f"embed {what}", len(batches), "batches", enabled=progress and jax.process_index() == 0
   )
   zimg, ztxt, ids, labels = [], [], [], {k: [] for k in label_sets}
-  for batch in batches:
+  for i, batch in enumerate(batches):
+    shown.update(i)
     keep = np.asarray(batch["valid"])
     zimg.append(enc_img(host_params, batch["image"])[keep])
     ztxt.append(enc_txt(host_params, batch["ids"])[keep])
     ids.append(np.asarray(batch["ids"])[keep])
     for k in label_sets:
       labels[k].append(np.asarray(batch["labels"][k])[keep])
+  shown.update(len(batches))
   if not zimg:
     raise ValueError(f"{what} has no examples")
   return _Embedded(
@@ -397,6 +429,8 @@ def evaluate_datasets(
   linear_probe: Mapping[str, Any] | None = None,
   selective: Mapping[str, Any] | None = None,
   extras: dict[str, Any] | None = None,
+  progress: bool = False,
+  on_dataset: Callable[[str, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
   """Zero-shot and retrieval metrics, flat: `{dataset}/zeroshot/{label set}/acc1`, ...
 
@@ -415,6 +449,9 @@ def evaluate_datasets(
       "ztxt_nd": [n, d], "ids_nl": [n, L]}` (the evaluated images and captions, in dataset
       order) and, with `selective`, `extras["curves"]["{dataset}/selective/{label set}/
       {selector}"] = {"coverage": [...], "risk": [...]}`.
+    progress: print per-stage progress lines with ETA (`clipjax.metrics.StageProgress`).
+    on_dataset: called as `on_dataset(name, metrics so far)` when a dataset is done (the eval
+      task saves finished parts with it).
   """
   lp_opts, probe_specs = None, {}
   if linear_probe is not None:
@@ -430,17 +467,11 @@ def evaluate_datasets(
   host_params = _host_params(params)
   enc_img = _padded_fn(lambda p, x: model.encode_image(p, x).emb, local_mesh)
   enc_txt = _padded_fn(lambda p, x: model.encode_text(p, x).emb, local_mesh)
-  tok = _tokenizer(tokenizer or None, context_length)
-  if tok.eot_id != model.config.text.eot_id or tok.vocab_size > model.config.text.vocab_size:
-    raise ValueError(
-      f"Tokenizer {tok.merges_path} (vocab {tok.vocab_size}, eot {tok.eot_id}) does not fit the"
-      f" model's text tower (vocab {model.config.text.vocab_size}, eot "
-      f"{model.config.text.eot_id}); pass the model's merges file as the tokenizer."
-    )
+  tok = tokenizer_for(model, tokenizer, context_length)
   logit_scale = float(np.exp(np.asarray(host_params["logit_scale"])))
   embed = functools.partial(
     _embed, enc_img=enc_img, enc_txt=enc_txt, host_params=host_params, tok=tok,
-    batch_size=batch_size, image_size=image_size,
+    batch_size=batch_size, image_size=image_size, resize=_resize(model), progress=progress,
   )  # fmt: skip
   out: dict[str, float] = {}
   for ds_name, spec in datasets.items():
@@ -533,6 +564,54 @@ def evaluate_datasets(
         "ztxt_nd": ztxt_nd,
         "ids_nl": ids_nl,
       }
+    if on_dataset is not None:
+      on_dataset(ds_name, dict(out))
+  return out
+
+
+def check_datasets(
+  datasets: Mapping[str, Mapping[str, Any]],
+  image_size: int,
+  *,
+  robustness_label_set: str | None = None,
+) -> dict[str, list[str]]:
+  """Builds every dataset's source (cheap: no images are read) and checks the label sets.
+
+  Args:
+    datasets: name -> data spec.
+    image_size: as the evaluation will use it.
+    robustness_label_set: with attacks configured, the label set they classify ("" = each
+      dataset's first); None = no attacks.
+
+  Returns:
+    name -> its label sets.
+
+  Raises:
+    ValueError: no datasets, a spec that does not build (the message names the dataset), a
+      named robustness label set a dataset lacks, or attacks with no label set anywhere.
+  """
+  if not datasets:
+    raise ValueError("config.datasets is empty: nothing to evaluate")
+  out = {}
+  for name, spec in datasets.items():
+    try:
+      built = registry.build_source(dict(spec), image_size)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+      raise ValueError(f"config.datasets.{name}: {e}") from e
+    out[name] = list(label_sets_of(_clean_source(built)))
+  if robustness_label_set:
+    lacking = {n: sets for n, sets in out.items() if robustness_label_set not in sets}
+    if lacking:
+      raise ValueError(
+        f"robustness.label_set {robustness_label_set!r} is not a label set of "
+        f"{sorted(lacking)} (they have {lacking}); set --config.robustness.label_set= (empty: "
+        "each dataset's first label set)"
+      )
+  elif robustness_label_set is not None and not any(out.values()):
+    raise ValueError(
+      "robustness.attacks are set but no dataset has a label set to attack (a folder dataset "
+      "gets one from a `label` column); pass --config.robustness.attacks=none"
+    )
   return out
 
 
@@ -549,25 +628,32 @@ def evaluate_robustness(
   max_examples: int,
   tokenizer: str = "",
   seed: int = 0,
+  progress: bool = False,
+  on_dataset: Callable[[str, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
   """Clean and robust zero-shot accuracy under white-box attacks (pixel space, [0, 1]).
 
   The attacked function is the undefended zero-shot classifier, `logit_scale · cos` with the
   model's own logit scale; each attack spec goes to `clipjax.attacks.build_attack`.
+  `label_set` "" attacks each dataset's first label set (datasets without one are skipped).
   Keys: `{dataset}/robust/{label set}/clean_acc`, `.../{attack label}/robust_acc` (and its
-  `.../{attack label}/eps`), `.../worst_case/robust_acc`, plus examples/s.
+  `.../{attack label}/eps`), `.../worst_case/robust_acc`, plus examples/s. `progress` and
+  `on_dataset` as in `evaluate_datasets`.
   """
   host_params = _host_params(params)
-  tok = _tokenizer(tokenizer or None, context_length)
+  tok = tokenizer_for(model, tokenizer, context_length)
   enc_txt = jax.jit(lambda p, x: model.encode_text(p, x).emb)
   logit_scale = float(np.exp(np.asarray(host_params["logit_scale"])))
   out: dict[str, float] = {}
   for ds_name, spec in datasets.items():
     source = Head(_clean_source(registry.build_source(dict(spec), image_size)), max_examples)
     sets = label_sets_of(source)
-    if label_set not in sets:
+    if label_set and label_set not in sets:
       raise ValueError(f"robustness.label_set {label_set!r} not in {ds_name!r}: {sorted(sets)}")
-    ls = sets[label_set]
+    if not sets:
+      continue
+    ls_name = label_set or next(iter(sets))
+    ls = sets[ls_name]
     clf = zeroshot.build_classifier(
       lambda x: enc_txt(host_params, x), tok, ls.classnames, ls.templates, logit_scale=logit_scale
     )
@@ -577,17 +663,23 @@ def evaluate_robustness(
       return logit_scale * model.encode_image(host_params, x_bhwc).emb @ w.T
 
     batches = pipeline.iterate_eval(
-      source, batch_size=batch_size, image_size=image_size, tokenize=tok
+      source, batch_size=batch_size, image_size=image_size, tokenize=tok, **_resize(model)
     )
+    shown = metrics_lib.StageProgress(
+      f"attack {ds_name}/{ls_name} ({len(attacks)} attacks)", len(source), "images",
+      enabled=progress and jax.process_index() == 0,
+    )  # fmt: skip
+    shown.update(0)
     res = robustness.robust_accuracy(
       logits_fn,
       batches,
       attacks,
       key=jax.random.key(seed),
-      label_key=f"labels/{label_set}",
+      label_key=f"labels/{ls_name}",
       max_examples=max_examples,
+      progress=shown.update,
     )
-    prefix = f"{ds_name}/robust/{label_set}"
+    prefix = f"{ds_name}/robust/{ls_name}"
     out[f"{prefix}/clean_acc"] = res["clean_acc"]
     out[f"{prefix}/worst_case/robust_acc"] = res["robust_acc"]
     for a in res["attacks"]:
@@ -596,6 +688,8 @@ def evaluate_robustness(
     out[f"{prefix}/n"] = float(res["n"])
     out[f"{prefix}/examples_per_s"] = res["examples_per_second"]
     out[f"{prefix}/clean_acc/chance"] = 1.0 / clf.num_classes
+    if on_dataset is not None:
+      on_dataset(ds_name, dict(out))
   return out
 
 

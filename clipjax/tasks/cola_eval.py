@@ -51,6 +51,7 @@ import ml_collections as mlc
 import numpy as np
 from etils import epath
 
+from clipjax import model as model_lib
 from clipjax import runs
 from clipjax.attacks import Stochastic, build_attack
 from clipjax.data import registry, transforms
@@ -141,7 +142,7 @@ def merges_path(config: mlc.ConfigDict) -> str | None:
   """``config.data.tokenizer``, else the checkpoint workdir's, else None (OpenAI's, shipped)."""
   path = config.data.get("tokenizer") or ""
   init = config.model.get("init_checkpoint") or ""
-  if not path and init and runs.is_workdir(init):
+  if not path and init and model_lib.is_workdir(init):
     path = runs.read_run_config(init).get("data", {}).get("tokenizer") or ""
   return path or None
 

@@ -1,14 +1,14 @@
 """The `hotclip_fuse` task: fuse an [attack][prompt] grid of submodel workdirs and evaluate.
 
 `python -m clipjax.main --config configs/hotclip_fuse.py --workdir DIR` (see that config) loads
-the submodels from their checkpoints one at a time (`clipjax.runs.load_model`), builds the fused
+the submodels from their checkpoints one at a time (`clipjax.model.load`), builds the fused
 models asked for in `config.fusions` — "hierarchical" (HOT-CLIP Algorithm 1, with optional
 intra-attack TeCoA and inter-attack FARE fine-tunes run by the ordinary trainer), "direct_ot",
 "average" — plus the output "ensemble", and evaluates every submodel and fused model on clean
 and robust zero-shot accuracy (`clipjax.evaluation.robust_accuracy`, the configured attacks).
 
 Writes, under DIR: `fused/<name>/` (a clipjax workdir: `config.json` of the anchor submodel and
-`checkpoints/` holding the fused params; `runs.load_model` opens it), `export/<name>-<layout>/`
+`checkpoints/` holding the fused params; `clipjax.model.load` opens it), `export/<name>-<layout>/`
 (OpenAI/open_clip or HF layout, `clipjax.model.convert.export`), `summary.json` (per model:
 clean/robust accuracy, fusion seconds, peak RSS growth during fusion, map identity mass) and
 `results.md` (the table).
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from clipjax import model as model_lib
 from clipjax import runs
 from clipjax.data import pipeline, registry
 from clipjax.data.sources import label_sets_of
@@ -80,7 +81,7 @@ def _grid(config: mlc.ConfigDict) -> list[list[str]]:
     raise ValueError("config.workdirs must be a non-empty [attack][prompt] list of workdirs")
   for a, row in enumerate(grid):
     for t, wd in enumerate(row):
-      if not runs.is_workdir(wd):
+      if not model_lib.is_workdir(wd):
         raise FileNotFoundError(f"config.workdirs[{a}][{t}] = {wd!r} is not a clipjax workdir")
   return grid
 
@@ -102,7 +103,7 @@ def _finetune(
   cfg.eval.every_steps = int(steps)
   cfg.eval.max_examples = min(int(cfg.eval.max_examples), 64)
   train_task.run(cfg, out)
-  return runs.load_model(out).params
+  return model_lib.load(out).params
 
 
 def _label_set(config, source):
@@ -145,7 +146,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     )
   a0, t0 = int(config.anchor[0]), int(config.anchor[1])
   anchor_cfg = runs.read_run_config(grid[a0][t0])
-  model = runs.load_model(grid[a0][t0])
+  model = model_lib.load(grid[a0][t0])
   mcfg = model.config
   residual = config.spec.residual
   if residual == "auto":
@@ -157,7 +158,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   def loader(wd: str) -> Callable[[], dict]:
     def load():
       n_loads[0] += 1
-      return runs.load_model(wd).params
+      return model_lib.load(wd).params
 
     return load
 
@@ -213,11 +214,11 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   results: dict[str, dict[str, Any]] = {}
   u_bytes = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(model.params)))
   if config.base:
-    results["base"] = evaluate_params(runs.load_model(config.base).params)
+    results["base"] = evaluate_params(model_lib.load(config.base).params)
   if config.evaluate_submodels:
     for a, row in enumerate(grid):
       for t, wd in enumerate(row):
-        results[f"sub[{a}][{t}]"] = {"workdir": wd, **evaluate_params(runs.load_model(wd).params)}
+        results[f"sub[{a}][{t}]"] = {"workdir": wd, **evaluate_params(model_lib.load(wd).params)}
 
   def timed(name: str, fn: Callable[[], Any]) -> Any:
     n_loads[0] = 0
@@ -289,7 +290,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     elif name == "average":
       fused[name] = timed(name, lambda: hierarchical.direct_average(loaders, spec=spec))
     else:
-      members = [runs.load_model(wd).params for row in grid for wd in row]
+      members = [model_lib.load(wd).params for row in grid for wd in row]
       results[name] = {"members": len(members), "forward_passes_per_image": len(members)}
       results[name].update(
         evaluate(

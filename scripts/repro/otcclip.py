@@ -85,6 +85,7 @@ def _images_labels(source, n: int | None = None):
 
 def score(workdir: str, probe_train: int) -> dict:
   """ASR (with its base rate) and linear-probe accuracy of a trained configs/otcclip.py workdir."""
+  from clipjax import model as model_lib
   from clipjax import runs
   from clipjax.data import registry
   from clipjax.data.tokenizer import Tokenizer
@@ -92,7 +93,7 @@ def score(workdir: str, probe_train: int) -> dict:
   from clipjax.evaluation.linear_probe import linear_probe
 
   cfg = runs.read_run_config(workdir)
-  model = runs.load_model(workdir)
+  model = model_lib.load(workdir)
   size, length = cfg["data"]["image_size"], cfg["data"]["context_length"]
   train_spec = cfg["data"]["train"]
   src = registry.build_source(train_spec, size)

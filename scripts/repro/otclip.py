@@ -104,12 +104,12 @@ def infer(workdir: str, n_test: int, aa_grid: list[float]) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from clipjax import runs
+  from clipjax import model as model_lib
   from clipjax.data.tokenizer import Tokenizer
   from clipjax.evaluation import zeroshot
   from clipjax.methods import otclip
 
-  model = runs.load_model(workdir)
+  model = model_lib.load(workdir)
   params = model.params
   tok = Tokenizer(None, context_length=model.config.text.context_length)
   scale = float(np.exp(np.asarray(params["logit_scale"])))

@@ -18,6 +18,7 @@ dropped) and every command gets a plan:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import pathlib
 import re
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarni
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+CONFIGS = sorted((REPO / "configs").glob("*.py"))
 FIXTURES = REPO / "tests" / "fixtures" / "parity"
 
 # (regex on the command, reason): commands that are not run, and why.
@@ -81,11 +83,6 @@ PYTHON_SMOKE = {
         'Tokenizer.default()(["a photo of a dog"], context_length=16) % 1000'
       ),
     },
-  ),
-  "from clipjax.tasks import eval as eval_task": (
-    "skip",
-    "the recorded full evaluation of a 700-step model (minutes of attacks); configs/eval.py "
-    "runs in :smoke form from the README command",
   ),
   "import numpy as np": (
     "skip",
@@ -139,6 +136,11 @@ def _all():
         pys.append(Command(str(path.relative_to(REPO)), start, body))
       elif lang in ("", "bash", "sh", "shell"):
         cmds.extend(_commands(path, lang, start, body))
+  # The commands in each config's docstring: parsed (not run; their :smoke forms run in
+  # tests/core/test_configs.py and above).
+  for path in CONFIGS:
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    cmds.extend(_commands(path, "", 2, doc))
   return cmds, pys
 
 
@@ -260,7 +262,9 @@ def test_doc_commands_run_in_smoke_form(tmp_path, monkeypatch):
   workdirs: dict[str, str] = {}
   for cmd in COMMANDS:
     argv, reason = _plan(cmd)
-    if argv is None or reason is not None or _config_file(argv) in ran:
+    if not cmd.doc.endswith(".md") or argv is None or reason is not None:
+      continue
+    if _config_file(argv) in ran:
       continue
     config, workdir = parse(_map_paths(_smoke(argv), tmp_path, workdirs))
     tasks.get(config.get("task", "train")).run(config, workdir)

@@ -275,3 +275,21 @@ def test_non_utf8_caption_row_is_skipped_and_counted_with_file_and_row(tmp_path,
   assert any(
     f"row 2 (line {line}): caption is not valid UTF-8" in r for _, r in info["skipped_examples"]
   )
+
+
+def test_folder_label_column_makes_a_label_set(tmp_path):
+  rows = _folder(tmp_path, n=5)
+  labels = ["cat", "dog", "", "cat", "bird"]
+  with open(tmp_path / "caps.jsonl", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps({**r, "label": lab}) + "\n" for r, lab in zip(rows, labels))
+  src = build_source({"name": "folder", "table": str(tmp_path / "caps.jsonl")}, 32)
+  ls = src.label_sets["label"]
+  assert ls.classnames == ["bird", "cat", "dog"] and ls.templates == ["a photo of a {}."]
+  assert [src[i]["labels"]["label"] for i in range(5)] == [1, 2, -1, 1, 0]
+  own = FolderSource(
+    tmp_path / "caps.jsonl", classnames=["dog", "cat", "bird", "fish"], templates=["{}!"]
+  )
+  assert [own.get_text(i)["labels"]["label"] for i in range(5)] == [1, 0, -1, 1, 2]
+  with pytest.raises(ValueError, match=r"\['cat'\] not in classnames"):
+    FolderSource(tmp_path / "caps.jsonl", classnames=["dog", "bird"])
+  assert FolderSource(tmp_path / "caps.jsonl", label_key="species").label_sets == {}

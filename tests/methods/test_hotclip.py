@@ -195,7 +195,7 @@ def test_submodel_smoke_trains_only_the_visual_tower(tmp_path):
   ]
   assert any("tecoa/adv_acc" in e for e in events)
   init = loop.build_model(config, jax.random.key(config.seed)).params
-  trained = runs.load_model(str(tmp_path / "sub")).params
+  trained = model_lib.load(str(tmp_path / "sub")).params
   for a, b in zip(jax.tree.leaves(init["text"]), jax.tree.leaves(trained["text"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert float(init["logit_scale"]) == float(trained["logit_scale"])
@@ -228,7 +228,7 @@ def test_fuse_task_smoke_on_two_workdirs(tmp_path):
   assert set(models) == {"hierarchical", "direct_ot", "average", "ensemble"}
   for name in ("hierarchical", "direct_ot", "average", "ensemble"):
     assert 0.0 <= models[name]["robust_acc_worst"] <= models[name]["clean_acc"] <= 1.0
-  avg = runs.load_model(models["average"]["saved"]).params
+  avg = model_lib.load(models["average"]["saved"]).params
   want = jax.tree.map(lambda a, b: (np.asarray(a) + b) / 2, p["visual"], p2["visual"])
   for a, b in zip(jax.tree.leaves(avg["visual"]), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(a), b, atol=1e-6)

@@ -25,7 +25,7 @@ def _eval_config(checkpoint, **kw):
   c = eval_config.get_config("smoke")
   c.checkpoint = str(checkpoint)
   c.datasets = {"shapes": SPEC}
-  c.robustness.attacks = []
+  c.robustness.attacks = "none"
   for k, v in kw.items():
     c[k] = v
   return c
@@ -39,10 +39,10 @@ def test_eval_cli_on_trained_workdir(tmp_path):
   c.eval.datasets = {}
   train_task.run(c, str(tmp_path / "run"))
   ec = _eval_config(tmp_path / "run")
-  ec.robustness.attacks = [
-    {"name": "pgd", "eps": 0.0, "step_size": 1 / 255, "steps": 2, "label": "eps0"},
-    {"name": "pgd", "eps": 0.5, "step_size": 0.1, "steps": 2, "label": "eps_big"},
-  ]
+  ec.robustness.label_set = "shape"
+  ec.robustness.attacks = (
+    "pgd:eps=0,step_size=1/255,steps=2,label=eps0;pgd:eps=0.5,step_size=0.1,steps=2,label=eps_big"
+  )
   metrics = eval_task.run(ec, str(tmp_path / "eval"))
   summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
   assert summary["shapes/n"] == 48
@@ -105,3 +105,94 @@ def test_eval_cli_on_imported_hf_checkpoint(tmp_path, monkeypatch):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="config.checkpoint is empty"):
     eval_task.run(mlc.ConfigDict({"checkpoint": ""}), str(tmp_path))
+
+
+def _folder_dataset(root, n=12):
+  """Solid red / green / blue images with a `label` column (the user's own label set)."""
+  from PIL import Image
+
+  root.mkdir()
+  colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+  rows = ["path,caption,label"]
+  for i in range(n):
+    name = list(colours)[i % 3]
+    Image.new("RGB", (40 + i, 36), colours[name]).save(root / f"{i}.png")
+    rows.append(f"{i}.png,a {name} square,{name}")
+  (root / "test.csv").write_text("\n".join(rows) + "\n")
+  return root / "test.csv"
+
+
+def _cli(argv):
+  """The config as `python -m clipjax.main` parses `argv` (tests/core/test_docs.py's parser)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=fv, lock_config=True, sys_argv=["main", *argv]
+  )
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  fv(["main", *argv])
+  return holder.value
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+def test_folder_dataset_with_its_own_labels_and_attacks_from_the_command_line(
+  tmp_path, monkeypatch, capsys
+):
+  table = _folder_dataset(tmp_path / "mine")
+  merges = _first_merges(486, tmp_path / "m.txt.gz")
+  monkeypatch.chdir(REPO)
+  argv = [
+    "--config=configs/eval.py:smoke",
+    f"--config.checkpoint={FIXTURES}/parity/openai.safetensors",
+    f"--config.tokenizer={merges}",
+    f"--config.datasets={{'mine': {{'name': 'folder', 'table': '{table}'}}}}",
+    "--config.robustness.attacks=pgd:eps=4/255,steps=2;fgsm:eps=1/255",
+    "--config.plots=False",
+    f"--workdir={tmp_path / 'eval'}",
+  ]
+  config = _cli(argv)
+  metrics = eval_task.run(config, str(tmp_path / "eval"))
+  out = capsys.readouterr().out
+  assert metrics["mine/n"] == 12 and "mine/zeroshot/label/acc1" in metrics
+  assert metrics["mine/zeroshot/label/acc1/chance"] == pytest.approx(1 / 3)
+  for label in ("pgd2@4", "fgsm@1"):
+    assert 0.0 <= metrics[f"mine/robust/label/{label}/robust_acc"] <= 1.0
+  # Progress with ETA per stage, and every stage in metrics.jsonl as it finished.
+  assert "embed eval dataset 'mine': 0/" in out and "attack mine/label (2 attacks): 0/12" in out
+  assert "ETA" in out or "done in" in out
+  lines = (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()
+  events = [json.loads(line) for line in lines]
+  assert [e["stage"] for e in events] == ["clean", "robustness"]
+  summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+  assert summary["finished"] and summary["attacks"]["pgd2@4"]["step_size"] == pytest.approx(
+    2.5 * 4 / 255 / 2
+  )
+
+
+def test_bad_config_fails_before_any_work_and_parts_are_saved(tmp_path, monkeypatch):
+  table = _folder_dataset(tmp_path / "mine", n=6)
+  merges = _first_merges(486, tmp_path / "m.txt.gz")
+  ckpt = os.path.join(FIXTURES, "parity", "openai.safetensors")
+  c = _eval_config(ckpt, tokenizer=merges, plots=False)
+  c.datasets = {"mine": {"name": "folder", "table": str(table)}}
+  for attacks, label_set, match in (
+    ("pgd:eps=4/255", "", "missing required fields"),
+    ("fgsm:eps=1/255", "shape", r"robustness.label_set 'shape' is not a label set of \['mine'\]"),
+  ):
+    c.robustness.attacks, c.robustness.label_set = attacks, label_set
+    with pytest.raises(ValueError, match=match):
+      eval_task.run(c, str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
+  # An attack stage that dies keeps the clean metrics already computed.
+  c.robustness.attacks, c.robustness.label_set = "fgsm:eps=1/255", ""
+
+  def boom(*args, **kwargs):
+    raise RuntimeError("killed during the attacks")
+
+  monkeypatch.setattr(eval_task, "evaluate_robustness", boom)
+  with pytest.raises(RuntimeError, match="killed"):
+    eval_task.run(c, str(tmp_path / "partial"))
+  summary = json.loads((tmp_path / "partial" / "summary.json").read_text())
+  assert summary["finished"] is False and summary["mine/n"] == 6

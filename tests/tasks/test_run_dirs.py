@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from clipjax import model as model_lib
 from clipjax import runs
 from clipjax.tasks import cola_eval, hotclip_fuse
 from clipjax.tasks import eval as eval_task
@@ -81,7 +82,7 @@ def test_another_task_on_a_training_run_refuses_and_changes_nothing(trained, tas
   with pytest.raises(ValueError, match=r"holds the results of a 'train' run.*another --workdir"):
     task.run(make_config(trained), str(trained))
   assert _snapshot(trained) == before
-  runs.load_model(str(trained))  # still loads
+  model_lib.load(str(trained))  # still loads
 
 
 def test_training_into_an_eval_run_refuses_and_changes_nothing(tmp_path):
