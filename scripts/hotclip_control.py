@@ -30,6 +30,7 @@ import os
 
 import jax
 
+from clipjax import model as model_lib
 from clipjax import runs, tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,9 +67,9 @@ def main() -> None:
   args = ap.parse_args()
   a_dir, b_init, b_dir = f"{args.root}/g_a_0", f"{args.root}/b_init", f"{args.root}/g_b_0"
   tasks.get("train").run(train_config(args.steps, 0), a_dir)
-  if not runs.is_workdir(b_init):
+  if not model_lib.is_workdir(b_init):
     # A's trained text tower and logit scale with a fresh image tower drawn from seed_b.
-    model = runs.load_model(a_dir)
+    model = model_lib.load(a_dir)
     params = dict(model.params)
     params["visual"] = model.init_params(jax.random.key(args.seed_b))["visual"]
     runs.save_params_workdir(params, runs.read_run_config(a_dir), b_init)
