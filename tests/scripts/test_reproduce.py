@@ -40,13 +40,34 @@ def test_committed_page_is_generated_from_its_records(method):
   )
 
 
+def _config(path: str, arg: str):
+  spec = importlib.util.spec_from_file_location(f"repro_cfg_{pathlib.Path(path).stem}", REPO / path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_grids_are_well_formed(method):
+def test_grids_are_well_formed(method, tmp_path):
+  """Every kind of run's config argument and overrides parse against the current configs."""
   module = importlib.import_module(f"repro.{method}")
+  seen = set()  # (config file, argument keys, override keys): one parse each (CPU time)
   for quick in (True, False):
     runs = grid.toposort(module.grid(quick, 2, max(1, module.BASES)))
     for r in runs:
-      assert r.config.startswith("configs/") and (REPO / r.config.split(":")[0]).exists(), r
+      path, _, arg = r.config.replace("{root}", str(tmp_path)).partition(":")
+      keys = tuple(o.split("=")[0] for o in (*arg.split(","), *r.overrides))
+      shape = (path, keys)
+      if shape in seen:
+        continue
+      seen.add(shape)
+      config = _config(path, arg)  # unknown or malformed arguments raise here
+      for o in r.overrides:
+        key = o.removeprefix("--config.").split("=", 1)[0]
+        node = config
+        for part in key.split("."):
+          assert part in node, f"{r.name}: override {o!r} names no key of {path}"
+          node = node[part]
       if r.evaluate:
         assert callable(getattr(module, r.evaluate)), r
     # Seeds pair runs: within a group, (seed, base) identifies a run.
