@@ -15,7 +15,7 @@ from repro.grid import Claim, Column, Run, Table, read_json
 
 SEEDS = 1  # view-sampling seeds per base
 BASES = 3
-CLASSIFIERS = ("base", "cola", "cola_no_proj", "cola_uniform", "views_mean")
+CLASSIFIERS = ("base", "cola", "cola_no_proj", "cola_uniform", "views_proj", "views_mean")
 FULL_ARGS = "label_set=colour,n=200,eps=1+4,eot=4,queries=200"
 
 
