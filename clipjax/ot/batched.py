@@ -15,13 +15,17 @@ Two solver paths (``solver``):
 
 * ``"ott"``: ott-jax ``Sinkhorn`` on a ``Geometry`` with ``min_iterations == max_iterations``
   (a ``lax.scan``), log-domain (``lse_mode=True``) or kernel mode.
-* ``"kernel"``: a hand-written kernel-mode loop: the shifted kernel ``exp(-(C - min C)/ε)`` is
-  computed once and each iteration is two mat-vecs. ott's kernel mode recomputes
-  ``exp(-C/ε)`` at every application; ``docs/benchmarks/ot.md`` measures the difference, and
-  ``tests/ot/test_batched.py`` checks this path against ott and POT. Kernel mode needs
-  ``(max C - min C)/ε`` below ~80 in float32 (cosine costs: ε ≳ 0.025); beyond that, rows of the
-  kernel underflow and the marginal error (reported) grows — use ``solver="ott"`` with
-  ``lse_mode=True`` there.
+* ``"kernel"``: a hand-written kernel-mode loop: the kernel ``exp(-(C - β)/ε)`` of the cost
+  shifted by its column minima (:func:`clipjax.ot.plans.shifted_cost`) is computed once
+  and each iteration is two mat-vecs. ott's kernel mode recomputes ``exp(-C/ε)`` at every
+  application; ``docs/benchmarks/ot.md`` measures the difference, and
+  ``tests/ot/test_batched.py`` checks this path against ott and POT. Where the shifted range
+  exceeds :func:`clipjax.ot.plans.kernel_range_limit` (≈ 79 in float32) the kernel would
+  underflow and converge to a wrong plan, so the problem is solved in the log domain (ott,
+  ``lse_mode=True``) instead and ``log_domain`` says so. The batched functions decide per
+  ``lax.map`` chunk (one kernel-mode chunk, or the whole chunk in the log domain), so only one
+  branch runs; :func:`fixed_sinkhorn` decides per problem (under a user's ``vmap`` both
+  branches then run and are selected, with no NaN in either value or gradient).
 """
 
 import functools
@@ -34,9 +38,16 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
 from clipjax.ot.costs import cosine_cost, solve_dtype, sqeuclidean_cost
-from clipjax.ot.plans import ott_call
+from clipjax.ot.plans import kernel_range_ok, ott_call, shifted_cost
 
-__all__ = ["SetOTResult", "fixed_sinkhorn", "indexed_set_ot", "pairwise_set_ot", "set_ot"]
+__all__ = [
+  "SetOTResult",
+  "fixed_sinkhorn",
+  "fixed_sinkhorn_batch",
+  "indexed_set_ot",
+  "pairwise_set_ot",
+  "set_ot",
+]
 
 Solver = Literal["ott", "kernel"]
 SetCost = Literal["cosine", "sqeuclidean"]
@@ -51,11 +62,14 @@ class SetOTResult(NamedTuple):
     marginal_error: ``|P1 - a|_1 + |Pᵀ1 - b|_1`` after the fixed iterations (weights are
       normalised first, so this is a total-variation error); aggregate with ``max`` for logs.
     plan: [n, m] plan from :func:`set_ot`; ``None`` from the batched functions.
+    log_domain: bool per problem: solved in the log domain (``solver="ott"`` with
+      ``lse_mode=True``, or ``solver="kernel"`` handing over because its kernel would underflow).
   """
 
   cost: jax.Array
   marginal_error: jax.Array
   plan: jax.Array | None = None
+  log_domain: jax.Array | None = None
 
 
 def _normalize(w_k: jax.Array) -> jax.Array:
@@ -69,13 +83,8 @@ def _safe_div(w_k: jax.Array, s_k: jax.Array) -> jax.Array:
   return jnp.where(w_k > 0, w_k / jnp.where(s_k > 0, s_k, 1.0), 0.0)
 
 
-def _kernel_sinkhorn(cost_nm, a_n, b_m, epsilon, num_iters):
-  valid_nm = (a_n[:, None] > 0) & (b_m[None, :] > 0)
-  cmin = jnp.min(jnp.where(valid_nm, cost_nm, jnp.inf))
-  cmin = jnp.where(jnp.isfinite(cmin), cmin, 0.0)
-  # Shifting the cost by a constant leaves the plan unchanged and keeps the kernel's largest
-  # valid entry at 1, so the float32 range is spent on the spread of C, not on its offset.
-  k_nm = jnp.where(valid_nm, jnp.exp(-(cost_nm - cmin) / epsilon), 0.0)
+def _kernel_sinkhorn(shifted_nm, valid_nm, a_n, b_m, epsilon, num_iters):
+  k_nm = jnp.where(valid_nm, jnp.exp(-shifted_nm / epsilon), 0.0)
   hi = jax.lax.Precision.HIGHEST
 
   def body(_, uv):
@@ -132,13 +141,34 @@ def fixed_sinkhorn(
     b_m: [m] weights, 0 on padding.
     epsilon: entropic regularisation (absolute).
     num_iters: Sinkhorn iterations (column then row update each).
-    solver: ``"kernel"`` (hand-written, fastest on CPU) or ``"ott"``.
+    solver: ``"kernel"`` (hand-written, fastest on CPU; hands over to the log domain where its
+      kernel would underflow, see the module docstring) or ``"ott"``.
     grad: ``"stop_gradient"`` or ``"unroll"`` (backprop through the iterations).
     lse_mode: for ``solver="ott"`` only: log-domain (True) or kernel mode.
 
   Returns:
-    :class:`SetOTResult` with scalar ``cost``, ``marginal_error`` and the [n, m] ``plan``.
+    :class:`SetOTResult` with scalar ``cost``, ``marginal_error``, ``log_domain`` and the
+    [n, m] ``plan``.
   """
+  _check_fixed(cost_nm, a_n, b_m, solver, grad, num_iters)
+  cost_nm, a_n, b_m = _prepare(cost_nm, a_n, b_m, grad)
+  if solver == "ott":
+    plan_nm = _ott_sinkhorn(cost_nm, a_n, b_m, epsilon, num_iters, lse_mode)
+    return _result(cost_nm, a_n, b_m, plan_nm, jnp.asarray(lse_mode))
+  shifted_nm, _, valid_nm = shifted_cost(cost_nm, a_n, b_m)
+  ok = kernel_range_ok(shifted_nm, epsilon)
+  # Under a user's vmap the cond becomes a select and both branches run: each branch gets a
+  # harmless input where it is not the one selected, so neither puts a NaN into the gradient.
+  safe_nm = jnp.where(ok, shifted_nm, 0.0)
+  plan_nm = jax.lax.cond(
+    ok,
+    lambda: _kernel_sinkhorn(safe_nm, valid_nm, a_n, b_m, epsilon, num_iters),
+    lambda: _ott_sinkhorn(cost_nm, a_n, b_m, epsilon, num_iters, True),
+  )
+  return _result(cost_nm, a_n, b_m, plan_nm, jnp.logical_not(ok))
+
+
+def _check_fixed(cost_nm, a_n, b_m, solver, grad, num_iters) -> None:
   if solver not in ("ott", "kernel"):
     raise ValueError(f"solver must be 'ott' or 'kernel', got {solver!r}")
   if grad not in ("stop_gradient", "unroll"):
@@ -150,21 +180,85 @@ def fixed_sinkhorn(
       f"expected cost_nm [n, m] with a_n [n], b_m [m]; got {cost_nm.shape}, {a_n.shape}, "
       f"{b_m.shape}"
     )
+
+
+def _prepare(cost_nm, a_n, b_m, grad):
   cost_nm = solve_dtype(cost_nm)
   a_n = _normalize(solve_dtype(a_n).astype(cost_nm.dtype))
   b_m = _normalize(solve_dtype(b_m).astype(cost_nm.dtype))
   if grad == "stop_gradient":
-    cost_nm, a_n, b_m = jax.lax.stop_gradient((cost_nm, a_n, b_m))
-  else:
-    # Padding must not receive gradient (ott's plan has tiny nonzero cotangents there).
-    valid_nm = (a_n[:, None] > 0) & (b_m[None, :] > 0)
-    cost_nm = jnp.where(valid_nm, cost_nm, jax.lax.stop_gradient(cost_nm))
-  if solver == "kernel":
-    plan_nm = _kernel_sinkhorn(cost_nm, a_n, b_m, epsilon, num_iters)
-  else:
-    plan_nm = _ott_sinkhorn(cost_nm, a_n, b_m, epsilon, num_iters, lse_mode)
+    return jax.lax.stop_gradient((cost_nm, a_n, b_m))
+  # Padding must not receive gradient (ott's plan has tiny nonzero cotangents there).
+  valid_nm = (a_n[:, None] > 0) & (b_m[None, :] > 0)
+  return jnp.where(valid_nm, cost_nm, jax.lax.stop_gradient(cost_nm)), a_n, b_m
+
+
+def _result(cost_nm, a_n, b_m, plan_nm, log_domain) -> SetOTResult:
   err = jnp.sum(jnp.abs(jnp.sum(plan_nm, 1) - a_n)) + jnp.sum(jnp.abs(jnp.sum(plan_nm, 0) - b_m))
-  return SetOTResult(cost=jnp.sum(plan_nm * cost_nm), marginal_error=err, plan=plan_nm)
+  return SetOTResult(
+    cost=jnp.sum(plan_nm * cost_nm), marginal_error=err, plan=plan_nm, log_domain=log_domain
+  )
+
+
+def fixed_sinkhorn_batch(
+  cost_knm: jax.Array,
+  a_kn: jax.Array,
+  b_km: jax.Array,
+  *,
+  epsilon: float,
+  num_iters: int,
+  solver: Solver,
+  grad: Literal["stop_gradient", "unroll"],
+  lse_mode: bool = True,
+) -> SetOTResult:
+  """:func:`fixed_sinkhorn` over a leading axis of k problems, with one solver decision for all.
+
+  With ``solver="kernel"``, if every problem's shifted kernel is representable the k problems
+  are solved in kernel mode, otherwise all of them in the log domain (a real ``lax.cond``: only
+  one branch runs, unlike ``vmap(fixed_sinkhorn)``).
+
+  Args:
+    cost_knm: [k, n, m] costs.
+    a_kn: [k, n] weights (0 on padding).
+    b_km: [k, m] weights.
+    epsilon, num_iters, solver, grad, lse_mode: as in :func:`fixed_sinkhorn`.
+
+  Returns:
+    :class:`SetOTResult` with [k] ``cost``, ``marginal_error``, ``log_domain`` and [k, n, m]
+    ``plan``.
+  """
+  if (
+    cost_knm.ndim != 3
+    or a_kn.shape != cost_knm.shape[:2]
+    or b_km.shape
+    != (
+      cost_knm.shape[0],
+      cost_knm.shape[2],
+    )
+  ):
+    raise ValueError(
+      f"expected cost_knm [k, n, m] with a_kn [k, n], b_km [k, m]; got {cost_knm.shape}, "
+      f"{a_kn.shape}, {b_km.shape}"
+    )
+  _check_fixed(cost_knm[0], a_kn[0], b_km[0], solver, grad, num_iters)
+  cost_knm, a_kn, b_km = jax.vmap(functools.partial(_prepare, grad=grad))(cost_knm, a_kn, b_km)
+  k = cost_knm.shape[0]
+
+  def ott_path(mode):
+    plan = jax.vmap(lambda c, a, b: _ott_sinkhorn(c, a, b, epsilon, num_iters, mode))
+    return plan(cost_knm, a_kn, b_km)
+
+  if solver == "ott":
+    plan_knm, log_domain = ott_path(lse_mode), jnp.full((k,), lse_mode)
+  else:
+    shifted_knm, _, valid_knm = jax.vmap(shifted_cost)(cost_knm, a_kn, b_km)
+    ok = jnp.all(jax.vmap(kernel_range_ok, in_axes=(0, None))(shifted_knm, epsilon))
+    kernel = jax.vmap(lambda s, v, a, b: _kernel_sinkhorn(s, v, a, b, epsilon, num_iters))
+    plan_knm = jax.lax.cond(
+      ok, lambda: kernel(shifted_knm, valid_knm, a_kn, b_km), lambda: ott_path(True)
+    )
+    log_domain = jnp.full((k,), jnp.logical_not(ok))
+  return jax.vmap(_result)(cost_knm, a_kn, b_km, plan_knm, log_domain)
 
 
 def set_ot(
@@ -262,7 +356,8 @@ def indexed_set_ot(
     epsilon, num_iters, solver, grad, cost, lse_mode: as in :func:`set_ot`.
 
   Returns:
-    :class:`SetOTResult` with [k] ``cost`` and ``marginal_error`` (``plan`` is None).
+    :class:`SetOTResult` with [k] ``cost``, ``marginal_error`` and ``log_domain`` (``plan`` is
+    None).
   """
   _check_sets(x_and, wx_an, y_bmd, wy_bm, chunk_size)
   if ia_k.shape != ib_k.shape or ia_k.ndim != 1:
@@ -274,26 +369,30 @@ def indexed_set_ot(
   ia_ck = jnp.pad(ia_k, (0, pad)).reshape(n_chunks, chunk)
   ib_ck = jnp.pad(ib_k, (0, pad)).reshape(n_chunks, chunk)
 
-  def one(ia, ib):
-    r = set_ot(
-      x_and[ia],
-      y_bmd[ib],
+  if cost not in _COSTS:
+    raise ValueError(f"cost must be one of {sorted(_COSTS)}, got {cost!r}")
+  cost_fn = _COSTS[cost]
+
+  def per_chunk(idx):
+    ia, ib = idx
+    r = fixed_sinkhorn_batch(
+      jax.vmap(cost_fn)(x_and[ia], y_bmd[ib]),
       wx_an[ia],
       wy_bm[ib],
       epsilon=epsilon,
       num_iters=num_iters,
       solver=solver,
       grad=grad,
-      cost=cost,
       lse_mode=lse_mode,
     )
-    return r.cost, r.marginal_error
+    return r.cost, r.marginal_error, r.log_domain
 
-  def per_chunk(idx):
-    return jax.vmap(one)(*idx)
-
-  cost_ck, err_ck = jax.lax.map(per_chunk, (ia_ck, ib_ck))
-  return SetOTResult(cost=cost_ck.reshape(-1)[:k], marginal_error=err_ck.reshape(-1)[:k])
+  cost_ck, err_ck, log_ck = jax.lax.map(per_chunk, (ia_ck, ib_ck))
+  return SetOTResult(
+    cost=cost_ck.reshape(-1)[:k],
+    marginal_error=err_ck.reshape(-1)[:k],
+    log_domain=log_ck.reshape(-1)[:k],
+  )
 
 
 @functools.partial(
@@ -328,7 +427,7 @@ def pairwise_set_ot(
     epsilon, num_iters, solver, grad, cost, lse_mode: as in :func:`set_ot`.
 
   Returns:
-    :class:`SetOTResult` with [A, B] ``cost`` and ``marginal_error``.
+    :class:`SetOTResult` with [A, B] ``cost``, ``marginal_error`` and ``log_domain``.
   """
   _check_sets(x_and, wx_an, y_bmd, wy_bm, chunk_size)
   if cost not in _COSTS:
@@ -346,18 +445,22 @@ def pairwise_set_ot(
     x_rnd, w_rn = args
     # One [r·n, d] x [d, B·m] product for the whole chunk.
     cost_rnbm = cost_fn(x_rnd.reshape(rows * n, d), y_bmd.reshape(b * m, d)).reshape(rows, n, b, m)
-    cost_rbnm = cost_rnbm.transpose(0, 2, 1, 3)
-    solve = functools.partial(
-      fixed_sinkhorn,
+    cost_knm = cost_rnbm.transpose(0, 2, 1, 3).reshape(rows * b, n, m)
+    r = fixed_sinkhorn_batch(
+      cost_knm,
+      jnp.repeat(w_rn, b, axis=0),
+      jnp.tile(wy_bm, (rows, 1)),
       epsilon=epsilon,
       num_iters=num_iters,
       solver=solver,
       grad=grad,
       lse_mode=lse_mode,
     )
-    over_b = jax.vmap(lambda c_bnm, w_n: jax.vmap(solve, in_axes=(0, None, 0))(c_bnm, w_n, wy_bm))
-    r = over_b(cost_rbnm, w_rn)
-    return r.cost, r.marginal_error
+    return r.cost.reshape(rows, b), r.marginal_error.reshape(rows, b), r.log_domain.reshape(rows, b)
 
-  cost_crb, err_crb = jax.lax.map(per_chunk, (x_crnd, wx_crn))
-  return SetOTResult(cost=cost_crb.reshape(-1, b)[:a], marginal_error=err_crb.reshape(-1, b)[:a])
+  cost_crb, err_crb, log_crb = jax.lax.map(per_chunk, (x_crnd, wx_crn))
+  return SetOTResult(
+    cost=cost_crb.reshape(-1, b)[:a],
+    marginal_error=err_crb.reshape(-1, b)[:a],
+    log_domain=log_crb.reshape(-1, b)[:a],
+  )

@@ -104,9 +104,11 @@ def gromov_wasserstein(
 ) -> GWResult:
   """Entropic (fused) Gromov-Wasserstein via ott's ``GromovWasserstein`` with the 'sqeucl' loss.
 
-  Gradients: ott differentiates through the last linearisation's Sinkhorn (implicit); for a
-  training loss OT-CLIP unrolls a few mirror-descent steps instead
-  (:func:`clipjax.ot.plans.fgw_semirelaxed_softmax`).
+  Not differentiable: ott 0.6.0 runs the outer loop in ``lax.while_loop``, which has no
+  reverse-mode derivative, so ``jax.grad`` through this function raises a ``ValueError`` naming
+  it as soon as the backward pass is traced (and forward mode is refused too). For a training
+  loss, OT-CLIP unrolls a few linearised Sinkhorn steps instead (the ``fgw`` loss of
+  :mod:`clipjax.methods.otclip`, or :func:`clipjax.ot.plans.fgw_semirelaxed_softmax`).
 
   Args:
     cost_x_nn: [n, n] intra-set cost of the first set (e.g. cosine distances of images).
@@ -142,7 +144,14 @@ def gromov_wasserstein(
       raise ValueError(f"cost_xy_nm must have shape {(n, m)}, got {cost_xy_nm.shape}")
     cost_xy_nm = solve_dtype(cost_xy_nm)
     lam = float(fused_penalty)
-  return _gw_core(
+  core = functools.partial(
+    _gw_core,
+    fused_penalty=lam,
+    max_iterations=int(max_iterations),
+    min_iterations=min(int(min_iterations), int(max_iterations)),
+    sinkhorn_max_iterations=int(sinkhorn_max_iterations),
+  )
+  args = (
     cx_nn,
     cy_mm,
     cost_xy_nm,
@@ -151,11 +160,28 @@ def gromov_wasserstein(
     jnp.asarray(epsilon, cx_nn.dtype),
     jnp.asarray(threshold, cx_nn.dtype),
     jnp.asarray(sinkhorn_threshold, cx_nn.dtype),
-    fused_penalty=lam,
-    max_iterations=int(max_iterations),
-    min_iterations=min(int(min_iterations), int(max_iterations)),
-    sinkhorn_max_iterations=int(sinkhorn_max_iterations),
   )
+  return _no_reverse_mode(core, *args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _no_reverse_mode(fn, *xs):
+  return fn(*xs)
+
+
+def _no_reverse_mode_fwd(fn, *xs):
+  return fn(*xs), None
+
+
+def _no_reverse_mode_bwd(fn, res, ct):
+  raise ValueError(
+    "gromov_wasserstein has no reverse-mode gradient (ott's GW outer loop is a "
+    "lax.while_loop); for a differentiable FGW loss use the unrolled 'fgw' loss of "
+    "clipjax.methods.otclip or clipjax.ot.plans.fgw_semirelaxed_softmax"
+  )
+
+
+_no_reverse_mode.defvjp(_no_reverse_mode_fwd, _no_reverse_mode_bwd)
 
 
 @functools.partial(

@@ -7,8 +7,9 @@ Every function here solves one OT problem on a precomputed [n, m] cost (see
 Which paper uses what:
 
 * :func:`kernel_sinkhorn` — balanced entropic OT by kernel-mode Sinkhorn on a precomputed,
-  shifted kernel, to a tolerance: the fastest forward solver on CPU for well-conditioned ε
-  (inference, targets, benchmarks); no gradients.
+  shifted kernel, to a tolerance: the fastest forward solver on CPU (inference, targets,
+  benchmarks); no gradients. Where the kernel would underflow it hands over to the log-domain
+  solver by itself and says so (``OTResult.log_domain``).
 * :func:`sinkhorn` — balanced/unbalanced/masked entropic OT through ott-jax
   (geometry → ``LinearProblem`` → ``Sinkhorn``). OT-CLIP's entropic and unbalanced losses
   (K unrolled iterations), its long-tailed inference (column marginal = label prior), NCU's
@@ -27,7 +28,11 @@ Gradient policy (``grad``), always explicit:
 
 * ``"stop_gradient"``: the plan is a constant (NCU's targets); iterations stop at ``threshold``.
 * ``"implicit"``: implicit differentiation of the optimality conditions (ott's ``ImplicitDiff``);
-  iterations stop at ``threshold``.
+  iterations stop at ``threshold``. The linear system is solved by conjugate gradients on the
+  normal equations; where that breaks down (a zero right-hand side, a singular system at small ε
+  or for a 1 × 1 problem) it falls back to a dense minimum-norm least-squares solve, and to 0
+  (the gradient with the potentials held fixed) if even that is not finite — never a crash or
+  a NaN (``tests/ot/test_numerics_grid.py``).
 * ``"unroll"``: exactly ``max_iterations`` iterations, differentiated by backpropagation
   through the loop (OT-CLIP's training losses, K = 5 in the reference code).
 
@@ -36,11 +41,14 @@ number of iterations the rows of a balanced plan are exact and the column error 
 """
 
 import functools
+import math
 import warnings
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
+from jax.flatten_util import ravel_pytree
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, implicit_differentiation
@@ -53,8 +61,11 @@ __all__ = [
   "OTResult",
   "dbot",
   "fgw_semirelaxed_softmax",
+  "kernel_range_limit",
+  "kernel_range_ok",
   "kernel_sinkhorn",
   "partial_ot",
+  "shifted_cost",
   "sinkhorn",
   "tau_from_rho",
 ]
@@ -76,17 +87,26 @@ class OTResult(NamedTuple):
     f: [n] row dual potential (``-inf`` where a row has zero weight).
     g: [m] column dual potential.
     transport_cost: ``<plan, cost>`` (the unregularised transport cost).
-    reg_ot_cost: the regularised objective the solver minimises (for :func:`sinkhorn`, ott's
-      ``reg_ot_cost`` = ``<P, C> + ε KL(P | a bᵀ)`` + marginal KL terms when unbalanced; for the
-      box solvers ``<P, C> + ε Σ P (log P - 1)``).
-    converged: bool, whether the solver's stopping criterion was met at the last check and the
-      plan is finite.
+    reg_ot_cost: the regularised objective of the problem solved, at the returned plan.
+      Balanced (:func:`sinkhorn` with ``tau_a = tau_b = 1``, :func:`kernel_sinkhorn`):
+      ``<P, C> + ε KL(P | a bᵀ)`` (ott's). Unbalanced (either τ < 1): the objective of POT's
+      ``sinkhorn_unbalanced(reg_type='entropy')``, ``<P, C> + ε Σ P (log P - 1)
+      + ρ_a KL(P1 | a) + ρ_b KL(Pᵀ1 | b)`` with ``ρ = ε τ/(1 - τ)`` and the generalised
+      ``KL(x | y) = Σ x log(x/y) - x + y`` (a balanced side contributes nothing). Box solvers:
+      ``<P, C> + ε Σ P (log P - 1)``. Its gradient in ``C`` is the plan (envelope theorem) for
+      every gradient policy once the solver has converged.
+    converged: bool, whether the solver's stopping criterion was met at the last check, the
+      plan is finite and (:func:`sinkhorn`) no row or column with positive weight has
+      underflowed to zero mass.
     n_iters: int32, iterations run (a multiple of ``inner_iterations`` for tolerance loops).
     marginal_error: L1 violation of the hard marginal constraints of the problem as posed
       (balanced sides ``|P1 - a|_1``; boxes: distance of each marginal to the bound its
       potential says is active, i.e. feasibility plus complementary slackness; partial OT:
       plus ``|ΣP - mass|``). Relaxed (unbalanced) sides contribute nothing.
     mass: total transported mass ``ΣP``.
+    log_domain: bool, whether the plan came from a log-domain solver (always for the ott
+      solvers with ``lse_mode=True`` and the box solvers; for :func:`kernel_sinkhorn`, whether it
+      handed over because its kernel would underflow).
   """
 
   plan: jax.Array
@@ -98,6 +118,7 @@ class OTResult(NamedTuple):
   n_iters: jax.Array
   marginal_error: jax.Array
   mass: jax.Array
+  log_domain: jax.Array
 
   def diagnostics(self, prefix: str = "ot") -> dict[str, jax.Array]:
     """Scalar diagnostics for ``metrics.jsonl`` (jit-compatible arrays)."""
@@ -107,15 +128,17 @@ class OTResult(NamedTuple):
       f"{prefix}/marginal_error": self.marginal_error,
       f"{prefix}/transport_cost": self.transport_cost,
       f"{prefix}/mass": self.mass,
+      f"{prefix}/log_domain": self.log_domain.astype(jnp.float32),
     }
 
 
 def tau_from_rho(rho: float, epsilon: float) -> float:
   """ott's unbalancedness ``τ = ρ / (ρ + ε)`` for a marginal KL penalty weight ``ρ``.
 
-  With this τ, :func:`sinkhorn` solves ``min <P,C> + ε KL(P|abᵀ) + ρ KL(P1|a) + ρ KL(Pᵀ1|b)``,
-  the problem of POT ``sinkhorn_unbalanced(reg=ε, reg_m=ρ, reg_type='entropy')`` up to the
-  reference measure of the entropy (tested in ``tests/ot/test_plans.py``).
+  With this τ, :func:`sinkhorn` solves ``min <P,C> + ε Σ P (log P - 1) + ρ KL(P1|a) +
+  ρ KL(Pᵀ1|b)`` (entropy relative to the all-ones measure, generalised KL on the marginals): the
+  problem of POT ``sinkhorn_unbalanced(reg=ε, reg_m=ρ, reg_type='entropy')``, plan and objective
+  (tested in ``tests/ot/test_plans.py``).
   """
   if rho <= 0 or epsilon <= 0:
     raise ValueError(f"rho and epsilon must be > 0, got rho={rho}, epsilon={epsilon}")
@@ -172,10 +195,13 @@ def sinkhorn(
 ) -> OTResult:
   """Entropic OT through ott-jax's ``Sinkhorn`` with explicit ε and gradient policy.
 
-  Solves ``min_P <P, C> + ε KL(P | a bᵀ)`` with ``P1 = a``, ``Pᵀ1 = b`` (balanced), or with
-  the marginal constraints relaxed by KL penalties when ``tau_a``/``tau_b`` < 1
-  (``τ = ρ/(ρ+ε)``, see :func:`tau_from_rho`; ``τ = 0`` drops a constraint entirely, so
-  ``tau_b=0`` with one iteration gives the row softmax ``a_i softmax(-C_i/ε)``).
+  Solves ``min_P <P, C> + ε KL(P | a bᵀ)`` with ``P1 = a``, ``Pᵀ1 = b`` (balanced), or, when
+  ``tau_a``/``tau_b`` < 1, ``min_P <P, C> + ε Σ P (log P - 1) + ρ_a KL(P1 | a) + ρ_b KL(Pᵀ1 | b)``
+  (``τ = ρ/(ρ+ε)``, see :func:`tau_from_rho`; a side with ``τ = 1`` stays a hard constraint and
+  ``τ = 0`` drops it entirely, so ``tau_b=0`` with one iteration gives the row softmax
+  ``a_i softmax(-C_i/ε)``). The entropy's reference measure is a·bᵀ in the balanced case and
+  the all-ones measure in the unbalanced one: these are the problems ott's iterations solve
+  (the balanced plan does not depend on the reference; the unbalanced one does).
 
   Args:
     cost_nm: [n, m] cost, float32 or bfloat16 (solved in float32).
@@ -194,8 +220,8 @@ def sinkhorn(
     min_iterations: run at least this many; ``min_iterations == max_iterations`` runs a
       fixed-length ``lax.scan`` (the right choice under ``vmap``).
     inner_iterations: the error is checked every this many iterations (ott default 10).
-    lse_mode: log-domain updates (stable). Kernel mode is only safe when
-      ``(max C - min C)/ε`` is below ~80 in float32 (shift the cost first).
+    lse_mode: log-domain updates (stable). ott's kernel mode has no underflow guard: it is only
+      safe when ``(max C - min C)/ε`` is below ~80 in float32 (prefer :func:`kernel_sinkhorn`).
     anderson_memory: Anderson acceleration memory (0 = off); not with ``grad="unroll"``.
     momentum: constant over-relaxation weight in (0, 2) (1 = none); not with ``grad="unroll"``.
 
@@ -235,6 +261,63 @@ def sinkhorn(
   )
 
 
+class _GuardedNormalCG(lx.AbstractLinearSolver):
+  """Implicit-differentiation linear solver that returns a finite answer or a least-squares one.
+
+  ott solves the (Schur complement of the) Hessian of the dual for the cotangent of the
+  potentials with lineax's ``NormalCG``, which returns NaN — and lineax then raises inside the
+  jitted step — when the right-hand side is exactly 0 (a 1 × 1 problem, or a plan that has
+  become a permutation at small ε) or the system is numerically singular. This solver runs the
+  same conjugate gradients on the normal equations with the right-hand side scaled to unit norm
+  (exact: the system is linear), and where that fails or is not finite, the minimum-norm
+  least-squares solution of the materialised system (``jnp.linalg.lstsq``; [n, n] with n the
+  smaller side, only computed when needed). If that too is non-finite it returns 0, i.e. the
+  gradient with the potentials held fixed. ott builds it as ``nonsym_solver(rtol=, atol=)``.
+  """
+
+  rtol: float
+  atol: float
+
+  def _inner(self):
+    return lx.Normal(lx.CG(rtol=self.rtol, atol=self.atol))
+
+  def init(self, operator, options: dict[str, Any]):
+    return self._inner().init(operator, options), operator
+
+  def compute(self, state, vector, options: dict[str, Any]):
+    inner_state, operator = state
+    scale = jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(vector)))
+    safe = jnp.where(scale > 0, scale, 1.0)
+    sol, result, stats = self._inner().compute(
+      inner_state, jax.tree.map(lambda x: x / safe, vector), options
+    )
+    sol = jax.tree.map(lambda x: x * safe, sol)
+    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(sol)]))
+    cg_ok = (result == lx.RESULTS.successful) & finite
+
+    def lstsq():
+      flat, unravel = ravel_pytree(vector)
+      x = jnp.linalg.lstsq(operator.as_matrix(), flat)[0]
+      return unravel(jnp.where(jnp.all(jnp.isfinite(x)), x, 0.0))
+
+    sol = jax.lax.cond(scale > 0, lambda: jax.lax.cond(cg_ok, lambda: sol, lstsq), lambda: sol)
+    sol = jax.tree.map(lambda x: jnp.where(scale > 0, x, 0.0), sol)
+    return sol, lx.RESULTS.successful, stats
+
+  def transpose(self, state, options: dict[str, Any]):
+    inner_state, operator = state
+    inner_t, options_t = self._inner().transpose(inner_state, options)
+    return (inner_t, operator.transpose()), options_t
+
+  def conj(self, state, options: dict[str, Any]):
+    inner_state, operator = state
+    inner_c, options_c = self._inner().conj(inner_state, options)
+    return (inner_c, lx.conj(operator)), options_c
+
+  def assume_full_rank(self):
+    return False
+
+
 def ott_call(fn, *args):
   """``fn(*args)`` with implicit rank promotion allowed, in the forward and backward pass.
 
@@ -243,6 +326,12 @@ def ott_call(fn, *args):
   emits lineax's ``NormalCG`` deprecation warning, silenced here. A context manager alone
   would not cover the backward pass (custom VJPs are traced when the caller differentiates),
   so the VJP is built and applied inside the context here.
+
+  Non-finite cotangent entries are replaced by 0: ott's implicit backward pass divides by the
+  plan's marginals (its ``ε log`` preconditioner), which is NaN where a row or column of the
+  plan has underflowed to 0 in float32 (e.g. unbalanced OT at ε = 1e-3). The solvers report
+  such a plan as not converged (:func:`sinkhorn`), so the step is flagged rather than crashed
+  or poisoned with NaN.
 
   Args:
     fn: function of arrays only.
@@ -267,7 +356,7 @@ def ott_call(fn, *args):
       # ott 0.6.0's default implicit-diff linear solver is lineax's deprecated `NormalCG`; the
       # warning is not actionable here and pytest's filterwarnings=error would fail on it.
       warnings.filterwarnings("ignore", r"`NormalCG", DeprecationWarning)
-      return vjp_fn(ct)
+      return jax.tree.map(lambda c: jnp.where(jnp.isfinite(c), c, 0.0), vjp_fn(ct))
 
   call.defvjp(fwd, bwd)
   return call(*args)
@@ -318,7 +407,11 @@ def _sinkhorn_core(
     min_iterations = inner_iterations = max_iterations
     implicit = None
   else:
-    implicit = implicit_differentiation.ImplicitDiff() if grad == "implicit" else None
+    implicit = None
+    if grad == "implicit":
+      implicit = implicit_differentiation.ImplicitDiff(
+        solver_kwargs={"nonsym_solver": _GuardedNormalCG}
+      )
 
   def solve(c_nm, a_n, b_m, eps, thr):
     solver = ott_sinkhorn.Sinkhorn(
@@ -343,23 +436,56 @@ def _sinkhorn_core(
   if mask_nm is not None:
     plan_nm = jnp.where(mask_nm, plan_nm, 0.0)
   row_n, col_m = jnp.sum(plan_nm, axis=1), jnp.sum(plan_nm, axis=0)
+  # A row or column with positive weight and no mass is not representable (its entries
+  # underflowed): not a solution, whatever ott's criterion says (unbalanced OT at tiny ε).
+  representable = jnp.all(jnp.where(a_n > 0, row_n > 0, True)) & jnp.all(
+    jnp.where(b_m > 0, col_m > 0, True)
+  )
   err = jnp.zeros((), cost_nm.dtype)
   if tau_a == 1.0:
     err = err + _l1(row_n - a_n)
   if tau_b == 1.0:
     err = err + _l1(col_m - b_m)
   mass = jnp.sum(row_n)
+  transport = jnp.sum(plan_nm * cost_nm)
+  if tau_a < 1.0 or tau_b < 1.0:
+    # ott 0.6.0's unbalanced `reg_ot_cost` is the dual value of the problem with reference
+    # measure a·bᵀ, evaluated at potentials of the problem its iterations solve (reference 1·1ᵀ):
+    # the objective of neither. The primal objective of the solved problem at the returned plan
+    # is that of POT's reg_type='entropy', and its derivative in C is the plan at convergence.
+    reg_cost = (
+      transport
+      + epsilon * jnp.sum(_xlogy(plan_nm, plan_nm) - plan_nm)
+      + _marginal_penalty(row_n, a_n, tau_a, epsilon)
+      + _marginal_penalty(col_m, b_m, tau_b, epsilon)
+    )
   return OTResult(
     plan=plan_nm,
     f=f_n,
     g=g_m,
-    transport_cost=jnp.sum(plan_nm * cost_nm),
+    transport_cost=transport,
     reg_ot_cost=reg_cost,
-    converged=jnp.logical_and(converged, jnp.isfinite(err + mass)),
+    converged=converged & jnp.isfinite(err + mass) & representable,
     n_iters=jnp.asarray(n_iters, jnp.int32),
     marginal_error=err,
     mass=mass,
+    log_domain=jnp.asarray(lse_mode),
   )
+
+
+def _xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
+  # x log y with 0 log 0 = 0, and no NaN in the gradient where x = 0 (double where).
+  pos = x > 0
+  return jnp.where(pos, x * jnp.log(jnp.where(pos, y, 1.0)), 0.0)
+
+
+def _marginal_penalty(p_k: jax.Array, w_k: jax.Array, tau: float, epsilon) -> jax.Array:
+  """``ρ KL(p | w)`` (generalised) with ``ρ = ε τ/(1 - τ)``; 0 for a hard (τ = 1) or free side."""
+  if tau >= 1.0 or tau <= 0.0:
+    return jnp.zeros((), p_k.dtype)
+  pos = w_k > 0
+  kl = jnp.sum(_xlogy(p_k, p_k) - _xlogy(p_k, jnp.where(pos, w_k, 1.0)) - p_k + w_k)
+  return epsilon * tau / (1.0 - tau) * kl
 
 
 def kernel_sinkhorn(
@@ -381,9 +507,15 @@ def kernel_sinkhorn(
   iteration. ``docs/benchmarks/ot.md`` compares them with POT. The solution is a constant
   (stop-gradient); use :func:`sinkhorn` for gradients, masks or unbalanced marginals.
 
-  Kernel mode is only accurate when ``(max C - min C)/ε`` is below ~80 in float32 (cosine costs
-  of L2-normalised embeddings: ε ≳ 0.025): beyond that rows of ``K`` underflow, the marginal
-  error stays above ``threshold`` and ``converged`` is False (no NaN is produced).
+  Underflow guard. The kernel is built on the cost shifted by its column minima β
+  (:func:`shifted_cost`: same iterates, every column keeps an entry 1). If the shifted range
+  ``max(C - β)/ε`` exceeds
+  :func:`kernel_range_limit` (≈ 79 in float32, ≈ 640 in float64), small kernel entries would
+  round to 0 and kernel mode would solve a different problem — converging, with a tiny
+  reported error, to a wrong plan (in float32 from a range of ≈ 88). Then, and also if a
+  scaling leaves the normal float range, the problem is solved by the log-domain solver
+  (:func:`sinkhorn`, ``lse_mode=True``) instead, and ``log_domain`` is True in the result.
+  Both branches are compiled; only one runs.
 
   Args:
     cost_nm: [n, m] cost, float32 or bfloat16 (solved in float32).
@@ -397,7 +529,7 @@ def kernel_sinkhorn(
     inner_iterations: iterations between error checks (each check costs one extra mat-vec).
 
   Returns:
-    :class:`OTResult`; ``f = ε log u + min C`` and ``g = ε log v`` (``-inf`` on zero weights),
+    :class:`OTResult`; ``f = ε log u`` and ``g = ε log v + β`` (``-inf`` on zero weights),
     ``reg_ot_cost = <P, C> + ε KL(P | a bᵀ)`` as for :func:`sinkhorn`.
   """
   _check_iters(max_iterations, threshold)
@@ -423,51 +555,121 @@ def _scale(w_k: jax.Array, s_k: jax.Array) -> jax.Array:
   return jnp.where(w_k > 0, w_k / jnp.where(s_k > 0, s_k, 1.0), 0.0)
 
 
+def kernel_range_limit(dtype) -> float:
+  """Largest ``(C - β)/ε`` at which a kernel-mode solver is trusted in ``dtype``.
+
+  ``exp(-x)`` leaves the normal range at ``x = -log(tiny)`` (87.3 in float32, 708 in float64);
+  10 % is kept in reserve for the scalings, whose range grows with that of the kernel.
+  """
+  return -0.9 * math.log(float(jnp.finfo(dtype).tiny))
+
+
+def shifted_cost(cost_nm: jax.Array, a_n: jax.Array, b_m: jax.Array):
+  """Cost shifted by its column minima over the entries with positive weight on both sides.
+
+  A kernel-mode Sinkhorn started from ``u = 1`` (ott's ``f = 0``) produces exactly the same
+  plans on ``C - β`` as on ``C`` — the first column update absorbs ``exp(β/ε)`` into ``v`` —
+  while every column of the shifted kernel keeps an entry 1, so the float range is spent on
+  the spread within columns rather than on their offsets. (A row shift would change the
+  iterates for a fixed initialisation.)
+
+  Args:
+    cost_nm: [n, m] cost.
+    a_n: [n] row weights (0 = padding).
+    b_m: [m] column weights.
+
+  Returns:
+    ``(shifted_nm, beta_m, valid_nm)``: ``shifted = C - β ≥ 0`` on valid entries (0 elsewhere),
+    the shift (0 on padding; a constant for autodiff) and the [n, m] bool mask of valid entries.
+  """
+  valid_nm = (a_n[:, None] > 0) & (b_m[None, :] > 0)
+  beta_m = jnp.min(jnp.where(valid_nm, jax.lax.stop_gradient(cost_nm), jnp.inf), axis=0)
+  beta_m = jnp.where(jnp.isfinite(beta_m), beta_m, 0.0)
+  return jnp.where(valid_nm, cost_nm - beta_m[None, :], 0.0), beta_m, valid_nm
+
+
+def kernel_range_ok(shifted_nm: jax.Array, epsilon) -> jax.Array:
+  """Whether a kernel built on ``shifted_nm`` (from :func:`shifted_cost`) stays representable."""
+  return jnp.max(shifted_nm) <= kernel_range_limit(shifted_nm.dtype) * epsilon
+
+
 @functools.partial(jax.jit, static_argnames=("max_iterations", "inner_iterations"))
 def _kernel_core(cost_nm, a_n, b_m, epsilon, threshold, *, max_iterations, inner_iterations):
   cost_nm, a_n, b_m, epsilon = jax.lax.stop_gradient((cost_nm, a_n, b_m, epsilon))
-  cmin = jnp.min(cost_nm)
-  k_nm = jnp.exp(-(cost_nm - cmin) / epsilon)
-  n_blocks = -(-max_iterations // inner_iterations)
+  shifted_nm, beta_m, valid_nm = shifted_cost(cost_nm, a_n, b_m)
+  tiny = jnp.finfo(cost_nm.dtype).tiny
 
-  def step(_, uv):
-    u_n, _ = uv
-    v_m = _scale(b_m, u_n @ k_nm)
-    return _scale(a_n, k_nm @ v_m), v_m
+  def log_domain():
+    return _sinkhorn_core(
+      cost_nm,
+      a_n,
+      b_m,
+      None,
+      epsilon,
+      threshold,
+      grad="stop_gradient",
+      max_iterations=max_iterations,
+      tau_a=1.0,
+      tau_b=1.0,
+      min_iterations=0,
+      inner_iterations=inner_iterations,
+      lse_mode=True,
+      anderson_memory=0,
+      momentum=1.0,
+    )
 
-  def block(state):
-    uv, _, it = state
-    uv = jax.lax.fori_loop(0, inner_iterations, step, uv)
-    u_n, v_m = uv
-    return uv, _l1(v_m * (u_n @ k_nm) - b_m), it + 1
+  def kernel_mode():
+    k_nm = jnp.where(valid_nm, jnp.exp(-shifted_nm / epsilon), 0.0)
+    n_blocks = -(-max_iterations // inner_iterations)
 
-  def cond(state):
-    _, err, it = state
-    return jnp.logical_and(it < n_blocks, jnp.logical_not(err <= threshold))
+    def step(_, uv):
+      u_n, _ = uv
+      v_m = _scale(b_m, u_n @ k_nm)
+      return _scale(a_n, k_nm @ v_m), v_m
 
-  init = ((a_n > 0).astype(cost_nm.dtype), jnp.zeros_like(b_m))
-  (u_n, v_m), _, it = jax.lax.while_loop(cond, block, (init, jnp.asarray(jnp.inf), 0))
-  plan_nm = u_n[:, None] * k_nm * v_m[None, :]
-  err = _l1(jnp.sum(plan_nm, 1) - a_n) + _l1(jnp.sum(plan_nm, 0) - b_m)
-  with jax.numpy_rank_promotion("allow"):
-    f_n = jnp.where(a_n > 0, epsilon * jnp.log(u_n) + cmin, -jnp.inf)
-    g_m = jnp.where(b_m > 0, epsilon * jnp.log(v_m), -jnp.inf)
-  ref_nm = a_n[:, None] * b_m[None, :]
-  pos_nm = plan_nm > 0
-  kl = jnp.sum(jnp.where(pos_nm, plan_nm * jnp.log(jnp.where(pos_nm, plan_nm / ref_nm, 1.0)), 0.0))
-  transport = jnp.sum(plan_nm * cost_nm)
-  mass = jnp.sum(plan_nm)
-  return OTResult(
-    plan=plan_nm,
-    f=f_n,
-    g=g_m,
-    transport_cost=transport,
-    reg_ot_cost=transport + epsilon * (kl - mass + 1.0),
-    converged=jnp.logical_and(err <= threshold, jnp.isfinite(err + mass)),
-    n_iters=(it * inner_iterations).astype(jnp.int32),
-    marginal_error=err,
-    mass=mass,
-  )
+    def block(state):
+      uv, _, it = state
+      uv = jax.lax.fori_loop(0, inner_iterations, step, uv)
+      u_n, v_m = uv
+      return uv, _l1(v_m * (u_n @ k_nm) - b_m), it + 1
+
+    def cond(state):
+      _, err, it = state
+      return jnp.logical_and(it < n_blocks, jnp.logical_not(err <= threshold))
+
+    init = ((a_n > 0).astype(cost_nm.dtype), jnp.zeros_like(b_m))
+    (u_n, v_m), _, it = jax.lax.while_loop(cond, block, (init, jnp.asarray(jnp.inf), 0))
+    # Scalings outside the normal range lose their precision (or are 0/inf): not trusted.
+    scalings_ok = jnp.all(jnp.where(a_n > 0, (u_n >= tiny) & jnp.isfinite(u_n), True)) & jnp.all(
+      jnp.where(b_m > 0, (v_m >= tiny) & jnp.isfinite(v_m), True)
+    )
+    plan_nm = u_n[:, None] * k_nm * v_m[None, :]
+    err = _l1(jnp.sum(plan_nm, 1) - a_n) + _l1(jnp.sum(plan_nm, 0) - b_m)
+    with jax.numpy_rank_promotion("allow"):
+      f_n = jnp.where(a_n > 0, epsilon * jnp.log(u_n), -jnp.inf)
+      g_m = jnp.where(b_m > 0, epsilon * jnp.log(v_m) + beta_m, -jnp.inf)
+    ref_nm = a_n[:, None] * b_m[None, :]
+    pos_nm = plan_nm > 0
+    kl = jnp.sum(
+      jnp.where(pos_nm, plan_nm * jnp.log(jnp.where(pos_nm, plan_nm / ref_nm, 1.0)), 0.0)
+    )
+    transport = jnp.sum(plan_nm * cost_nm)
+    mass = jnp.sum(plan_nm)
+    out = OTResult(
+      plan=plan_nm,
+      f=f_n,
+      g=g_m,
+      transport_cost=transport,
+      reg_ot_cost=transport + epsilon * (kl - mass + 1.0),
+      converged=jnp.logical_and(err <= threshold, jnp.isfinite(err + mass)),
+      n_iters=(it * inner_iterations).astype(jnp.int32),
+      marginal_error=err,
+      mass=mass,
+      log_domain=jnp.asarray(False),
+    )
+    return jax.lax.cond(scalings_ok, lambda: out, log_domain)
+
+  return jax.lax.cond(kernel_range_ok(shifted_nm, epsilon), kernel_mode, log_domain)
 
 
 # --- box-constrained marginals: DBOT and partial OT -------------------------------------------
@@ -587,6 +789,7 @@ def _box_solve(
     n_iters=n_iters,
     marginal_error=err,
     mass=total,
+    log_domain=jnp.asarray(True),
   )
 
 

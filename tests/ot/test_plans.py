@@ -535,3 +535,146 @@ def test_kernel_sinkhorn_matches_pot_and_ott_and_reports_nonconvergence():
     cot.kernel_sinkhorn(
       jnp.asarray(cost), None, jnp.ones(3), epsilon=eps, max_iterations=10, threshold=1e-3
     )
+
+
+def _pot_unbalanced_objective(plan, cost, a, b, eps, rho_a, rho_b):
+  # POT sinkhorn_unbalanced(reg_type='entropy'): <P,C> + ε Σ P (log P - 1) + ρ KL(P1|a) +
+  # ρ KL(Pᵀ1|b), generalised KL (POT's nx.kl_div with mass=True).
+  nx = pot.backend.NumpyBackend()
+  value = np.sum(plan * cost) + eps * np.sum(plan * np.log(plan) - plan)
+  for rho, marg, w in ((rho_a, plan.sum(1), a), (rho_b, plan.sum(0), b)):
+    if np.isfinite(rho):
+      value += rho * nx.kl_div(marg, w, mass=True, eps=0.0)
+  return value
+
+
+@pytest.mark.parametrize(
+  ("n", "m", "eps", "rho_a", "rho_b"),
+  [(6, 8, 0.05, 0.5, 0.5), (9, 5, 0.2, 0.1, 2.0), (7, 7, 0.02, np.inf, 0.3)],
+)
+def test_unbalanced_reg_ot_cost_is_pots_objective_and_its_gradient_is_the_plan(
+  n, m, eps, rho_a, rho_b
+):
+  cost, a, b = _problem(n, m, 12 + n)
+  a, b = 0.7 * a, 1.3 * b  # unequal total masses: the relaxation is active
+  ref = pot.unbalanced.sinkhorn_unbalanced(
+    a,
+    b,
+    cost,
+    eps,
+    (rho_a, rho_b),
+    reg_type="entropy",
+    method="sinkhorn",
+    stopThr=1e-15,
+    numItermax=200000,
+  )
+  expected = _pot_unbalanced_objective(ref, cost, a, b, eps, rho_a, rho_b)
+  tau_a = 1.0 if np.isinf(rho_a) else cot.tau_from_rho(rho_a, eps)
+  tau_b = cot.tau_from_rho(rho_b, eps)
+  rng = np.random.default_rng(n)
+  with jax.enable_x64(True):
+    direction = jnp.asarray(rng.normal(size=cost.shape))
+    # Unrolling is checked on the family that converges in few iterations (compile time).
+    policies = [("implicit", 20000)] + ([("unroll", 300)] if eps >= 0.2 else [])
+    for grad, iters in policies:
+
+      def value(c, grad=grad, iters=iters):
+        return cot.sinkhorn(
+          c,
+          jnp.asarray(a),
+          jnp.asarray(b),
+          epsilon=eps,
+          grad=grad,
+          max_iterations=iters,
+          threshold=1e-13,
+          tau_a=tau_a,
+          tau_b=tau_b,
+        )
+
+      r = value(jnp.asarray(cost))
+      np.testing.assert_allclose(np.asarray(r.plan), ref, atol=1e-8, rtol=0)
+      assert abs(float(r.reg_ot_cost) - expected) < 1e-9 * max(1.0, abs(expected)), grad
+      # Envelope theorem: d(objective)/dC is the plan, and finite differences agree.
+      g = jax.grad(lambda c, f=value: f(c).reg_ot_cost)(jnp.asarray(cost))
+      np.testing.assert_allclose(np.asarray(g), ref, atol=1e-7, rtol=0, err_msg=grad)
+      analytic, numeric = _fd_check(
+        lambda c, f=value: f(c).reg_ot_cost, jnp.asarray(cost), direction
+      )
+      assert abs(analytic - numeric) < 1e-6 * max(1.0, abs(numeric)), grad
+
+
+def clip_like_problem(seed, n=12, m=10, d=32):
+  """Noisy-pair cosine costs with non-uniform marginals (float64 numpy)."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, d))
+  y = x[:m] + 1.2 * rng.normal(size=(m, d))
+  cost = np.asarray(cot.cosine_cost(x, y), np.float64)
+  a = rng.uniform(0.5, 1.0, n)
+  b = rng.uniform(0.5, 1.0, m)
+  return cost, a / a.sum(), b / b.sum()
+
+
+KERNEL_RATIOS = (80, 100, 125, 150, 200, 250, 300)
+
+
+def test_kernel_sinkhorn_never_reports_convergence_for_a_wrong_plan():
+  # (max C - min C)/ε from 80 to 300 in float32: kernel entries down to e^-300 underflow, and
+  # an unguarded kernel solver converged to wrong plans with errors < 1e-4 at 100-150.
+  solve = jax.jit(
+    lambda c, a, b, eps: cot.kernel_sinkhorn(
+      c, a, b, epsilon=eps, max_iterations=5000, threshold=1e-4
+    )
+  )
+  converged = 0
+  for ratio in KERNEL_RATIOS:
+    for seed in range(3):
+      cost, a, b = clip_like_problem(seed)
+      eps = (cost.max() - cost.min()) / ratio
+      ref = pot.sinkhorn(a, b, cost, eps, method="sinkhorn_log", stopThr=1e-12, numItermax=100000)
+      r = solve(*(jnp.asarray(v, jnp.float32) for v in (cost, a, b)), eps)
+      if bool(r.converged):
+        converged += 1
+        assert np.abs(np.asarray(r.plan, np.float64) - ref).sum() < 5e-3, (ratio, seed)
+      # Beyond float32's exp range the log-domain solver must have taken over.
+      shifted = cost - cost.min(0)
+      if shifted.max() / eps > 88:
+        assert bool(r.log_domain), (ratio, seed)
+      if ratio == 80:
+        assert not bool(r.log_domain)  # in range: the fast path is kept
+  assert converged == 3 * len(KERNEL_RATIOS)  # the guard costs no convergence
+
+
+def test_fixed_kernel_solver_never_returns_a_wrong_plan_with_a_small_error():
+  # Fixed iterations report `marginal_error`; across (max C - min C)/ε in [80, 300] in float32 a
+  # small error must mean the right plan (unguarded kernel mode: wrong plans at 100-150).
+  solve = jax.jit(
+    lambda c, a, b, eps: cot.fixed_sinkhorn(
+      c, a, b, epsilon=eps, num_iters=4000, solver="kernel", grad="stop_gradient"
+    )
+  )
+  batch = jax.jit(
+    lambda c, a, b, eps: cot.fixed_sinkhorn_batch(
+      c, a, b, epsilon=eps, num_iters=4000, solver="kernel", grad="stop_gradient"
+    )
+  )
+  small = 0
+  for ratio in KERNEL_RATIOS:
+    probs = [clip_like_problem(seed) for seed in range(3)]
+    eps = max(c.max() - c.min() for c, _, _ in probs) / ratio
+    refs = [
+      pot.sinkhorn(a, b, c, eps, method="sinkhorn_log", stopThr=1e-12, numItermax=100000)
+      for c, a, b in probs
+    ]
+    stacked = [jnp.asarray(np.stack(v), jnp.float32) for v in zip(*probs, strict=True)]
+    rb = batch(*stacked, eps)
+    for i, ((c, a, b), ref) in enumerate(zip(probs, refs, strict=True)):
+      r = solve(*(jnp.asarray(v, jnp.float32) for v in (c, a, b)), eps)
+      for plan, err in ((r.plan, r.marginal_error), (rb.plan[i], rb.marginal_error[i])):
+        if float(err) < 1e-3:
+          small += 1
+          assert np.abs(np.asarray(plan, np.float64) - ref).sum() < 5e-3, (ratio, i)
+      if (c - c.min(0)).max() / eps > 88:
+        assert bool(r.log_domain) and bool(rb.log_domain[i]), (ratio, i)
+      if ratio == 80:
+        assert not bool(r.log_domain) and not bool(rb.log_domain[i])
+  assert small >= 0.6 * 2 * 3 * len(KERNEL_RATIOS), small  # not vacuous
