@@ -7,9 +7,10 @@ Two stages run by one trainer (`config.stages`), from a pre-trained CLIP:
   the text tower then gives the negative text t_i^Neg. Loss on the retained set D_RT only:
   L_HN = λ (L_sep + L_rel) + L_itm (Eq. 3-6). The config freezes the vision tower.
 * `ncu_unlearn` (stage 2, Sec. 4.3): extended cost C̄ = 1 - [S | diag(V T^Negᵀ)] ∈ R^{N×(N+1)},
-  mask M (Eq. 8), masked entropic OT (Eq. 9, ott-jax via `clipjax.ot.plans.sinkhorn`, no gradient
-  through the plan), T = γ Γ̂* + (1-γ) I (Eq. 10), L_UL = L_otr (Eq. 11) + L_sep (Eq. 12).
-  The config freezes the prompts.
+  mask M (Eq. 8), masked entropic OT (Eq. 9, `clipjax.ot.plans.kernel_sinkhorn`, which hands over
+  to ott's log-domain solver where its kernel would underflow; no gradient through the plan),
+  T = γ Γ̂* + (1-γ) I (Eq. 10), L_UL = L_otr (Eq. 11) + L_sep (Eq. 12). The config freezes the
+  prompts.
 * `ncu_ga`: the gradient-ascent baseline of Table 4: -L_CLIP on D_FG plus label-smoothed L_CLIP
   on D_RT, with the same forget-set selection.
 
@@ -530,12 +531,12 @@ def ncu_unlearn(
         b_m = jnp.full((n + 1,), 1.0 / (n + 1))
       else:
         b_m = jnp.concatenate([jnp.full((n,), 1.0 / n), jnp.zeros((1,))])
-      ot = plans.sinkhorn(
+      # Stop-gradient targets: the kernel-mode solver (log domain where out of its range).
+      ot = plans.kernel_sinkhorn(
         cost_nm,
         a_n,
         b_m,
         epsilon=epsilon,
-        grad="stop_gradient",
         max_iterations=max_iterations,
         threshold=threshold,
         mask_nm=mask_nm,

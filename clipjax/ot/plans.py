@@ -497,6 +497,7 @@ def kernel_sinkhorn(
   max_iterations: int,
   threshold: float,
   inner_iterations: int = 10,
+  mask_nm: jax.Array | None = None,
 ) -> OTResult:
   """Balanced entropic OT by kernel-mode Sinkhorn on a precomputed kernel, to an L1 tolerance.
 
@@ -505,7 +506,7 @@ def kernel_sinkhorn(
   two matrix-vector products, against ott's kernel mode, which rebuilds ``exp(-C/ε)`` at every
   application, and its log-domain mode, which needs two ``logsumexp`` passes over [n, m] per
   iteration. ``docs/benchmarks/ot.md`` compares them with POT. The solution is a constant
-  (stop-gradient); use :func:`sinkhorn` for gradients, masks or unbalanced marginals.
+  (stop-gradient); use :func:`sinkhorn` for gradients or unbalanced marginals.
 
   Underflow guard. The kernel is built on the cost shifted by its column minima β
   (:func:`shifted_cost`: same iterates, every column keeps an entry 1). If the shifted range
@@ -527,6 +528,8 @@ def kernel_sinkhorn(
       (checked every ``inner_iterations``; rows are exact after each iteration, so this is the
       column error ``|Pᵀ1 - b|_1``).
     inner_iterations: iterations between error checks (each check costs one extra mat-vec).
+    mask_nm: optional [n, m] bool, ``True`` = allowed; forbidden entries get exactly 0 mass
+      (a 0 in the kernel) and do not count in the range check. As in :func:`sinkhorn`.
 
   Returns:
     :class:`OTResult`; ``f = ε log u`` and ``g = ε log v + β`` (``-inf`` on zero weights),
@@ -539,10 +542,13 @@ def kernel_sinkhorn(
   n, m = cost_nm.shape
   a_n = _marginal(a_n, n, "a_n", cost_nm.dtype)
   b_m = _marginal(b_m, m, "b_m", cost_nm.dtype)
+  if mask_nm is not None and mask_nm.shape != (n, m):
+    raise ValueError(f"mask_nm must have shape {(n, m)}, got {mask_nm.shape}")
   return _kernel_core(
     cost_nm,
     a_n,
     b_m,
+    mask_nm,
     jnp.asarray(epsilon, cost_nm.dtype),
     jnp.asarray(threshold, cost_nm.dtype),
     max_iterations=int(max_iterations),
@@ -564,7 +570,9 @@ def kernel_range_limit(dtype) -> float:
   return -0.9 * math.log(float(jnp.finfo(dtype).tiny))
 
 
-def shifted_cost(cost_nm: jax.Array, a_n: jax.Array, b_m: jax.Array):
+def shifted_cost(
+  cost_nm: jax.Array, a_n: jax.Array, b_m: jax.Array, mask_nm: jax.Array | None = None
+):
   """Cost shifted by its column minima over the entries with positive weight on both sides.
 
   A kernel-mode Sinkhorn started from ``u = 1`` (ott's ``f = 0``) produces exactly the same
@@ -577,12 +585,15 @@ def shifted_cost(cost_nm: jax.Array, a_n: jax.Array, b_m: jax.Array):
     cost_nm: [n, m] cost.
     a_n: [n] row weights (0 = padding).
     b_m: [m] column weights.
+    mask_nm: optional [n, m] bool, ``False`` = forbidden (not valid).
 
   Returns:
     ``(shifted_nm, beta_m, valid_nm)``: ``shifted = C - β ≥ 0`` on valid entries (0 elsewhere),
     the shift (0 on padding; a constant for autodiff) and the [n, m] bool mask of valid entries.
   """
   valid_nm = (a_n[:, None] > 0) & (b_m[None, :] > 0)
+  if mask_nm is not None:
+    valid_nm = valid_nm & mask_nm
   beta_m = jnp.min(jnp.where(valid_nm, jax.lax.stop_gradient(cost_nm), jnp.inf), axis=0)
   beta_m = jnp.where(jnp.isfinite(beta_m), beta_m, 0.0)
   return jnp.where(valid_nm, cost_nm - beta_m[None, :], 0.0), beta_m, valid_nm
@@ -594,9 +605,11 @@ def kernel_range_ok(shifted_nm: jax.Array, epsilon) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("max_iterations", "inner_iterations"))
-def _kernel_core(cost_nm, a_n, b_m, epsilon, threshold, *, max_iterations, inner_iterations):
+def _kernel_core(
+  cost_nm, a_n, b_m, mask_nm, epsilon, threshold, *, max_iterations, inner_iterations
+):
   cost_nm, a_n, b_m, epsilon = jax.lax.stop_gradient((cost_nm, a_n, b_m, epsilon))
-  shifted_nm, beta_m, valid_nm = shifted_cost(cost_nm, a_n, b_m)
+  shifted_nm, beta_m, valid_nm = shifted_cost(cost_nm, a_n, b_m, mask_nm)
   tiny = jnp.finfo(cost_nm.dtype).tiny
 
   def log_domain():
@@ -604,7 +617,7 @@ def _kernel_core(cost_nm, a_n, b_m, epsilon, threshold, *, max_iterations, inner
       cost_nm,
       a_n,
       b_m,
-      None,
+      mask_nm,
       epsilon,
       threshold,
       grad="stop_gradient",
