@@ -1,13 +1,14 @@
 """Metric writing: `metrics.jsonl` (always), console progress lines, optional TensorBoard.
 
 Only process 0 writes. Every event is one JSON object with a `step` key, in strict JSON: a
-non-finite float is written as the string "NaN", "Infinity" or "-Infinity" (Python's `float()`
-reads them back), never as the bare literals that JSON does not allow. A resumed run first drops
-the events logged after its restored step (`MetricWriter.truncate_after`), so each step appears
-once. `Progress` prints `step 120/600 loss=2.31 41.2 ex/s ETA 3m05s` lines, and `StageProgress`
-the same for one stage of known size (`embed 'shapes': 12/40 batches 3.1 batches/s ETA 0m09s`);
-tqdm-style bars are avoided so CI logs stay readable. `check_finite` is the NaN/Inf guard the
-trainer calls at log time.
+non-finite float is written as the string "NaN", "Infinity" or "-Infinity" (`loads` and
+Python's `float()` read them back), never as the bare literals that JSON does not allow. A
+resumed run first drops the events logged after its restored step
+(`MetricWriter.truncate_after`), so each step appears once. `Progress` prints
+`step 120/600 loss=2.31 41.2 ex/s ETA 3m05s` lines, and `StageProgress` the same for one stage
+of known size (`embed 'shapes': 12/40 batches 3.1 batches/s ETA 0m09s`); tqdm-style bars are
+avoided so CI logs stay readable. `check_finite` is the NaN/Inf guard the trainer calls at log
+time.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
   "StageProgress",
   "check_finite",
   "dumps",
+  "loads",
   "to_python",
 ]
 
@@ -66,6 +68,24 @@ def _strict(x: Any) -> Any:
 def dumps(obj: Any, **kwargs: Any) -> str:
   """Strict JSON of `obj` (arrays converted; non-finite floats as "NaN"/"Infinity" strings)."""
   return json.dumps(_strict(to_python(obj)), allow_nan=False, **kwargs)
+
+
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _unstrict(x: Any) -> Any:
+  if isinstance(x, str):
+    return _NON_FINITE.get(x, x)
+  if isinstance(x, dict):
+    return {k: _unstrict(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_unstrict(v) for v in x]
+  return x
+
+
+def loads(text: str) -> Any:
+  """Parses JSON written by `dumps`: the "NaN"/"Infinity"/"-Infinity" strings become floats."""
+  return _unstrict(json.loads(text))
 
 
 def check_finite(

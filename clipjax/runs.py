@@ -51,10 +51,11 @@ _NOT_RESULTS = frozenset({CONFIG, CONFIG + ".tmp", "metrics.jsonl", "tb"})
 
 
 def write_json(path: epath.Path | str, obj: Any) -> None:
-  """Writes `obj` as JSON atomically: a reader sees the old file or the new one, never a part."""
+  """Writes `obj` as strict JSON atomically: a reader sees the old file or the new one, never a
+  part; non-finite floats become "NaN"/"Infinity" strings (`metrics.dumps`)."""
   path = epath.Path(path)
   tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(metrics_lib.to_python(obj), indent=2, sort_keys=True) + "\n")
+  tmp.write_text(metrics_lib.dumps(obj, indent=2, sort_keys=True) + "\n")
   tmp.replace(path)
 
 
@@ -62,7 +63,7 @@ def read_json(path: epath.Path) -> dict[str, Any]:
   """A JSON object from `path`; a truncated or non-object file is an error naming it."""
   text = path.read_text()
   try:
-    out = json.loads(text)
+    out = metrics_lib.loads(text)
   except json.JSONDecodeError as e:
     raise ValueError(
       f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; "

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from clipjax import metrics
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = (
   ("colour", "zeroshot/colour/acc1"),
@@ -40,7 +42,7 @@ METRICS = (
 
 def _read_json(path: str):
   with open(path) as f:
-    return json.load(f)
+    return metrics.loads(f.read())
 
 
 def _write_json(path: str, obj) -> None:
@@ -66,7 +68,7 @@ def _evals(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     lines = f.read().splitlines()
   for line in lines:
-    event = json.loads(line)
+    event = metrics.loads(line)
     if event.get("kind") == "eval":
       out.append(
         {

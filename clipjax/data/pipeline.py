@@ -88,6 +88,23 @@ class PipelineStats:
   def to_dict(self) -> dict[str, Any]:
     return {"seen": self.seen, "bad": self.bad, "first_bad": [list(r) for r in self.first_bad]}
 
+  def summary(self) -> dict[str, Any]:
+    """The report for summary.json: counts, fraction and the first offenders with reasons."""
+    return {
+      "records_seen": self.seen,
+      "bad_records": self.bad,
+      "bad_fraction": self.bad_fraction,
+      "first_bad": [{"source": s, "index": i, "reason": r} for s, i, r in self.first_bad],
+    }
+
+  def describe(self, since: int = 0) -> str:
+    """A console line on the bad records found after the first `since` of them."""
+    listed = "; ".join(f"{s}[{i}]: {r}" for s, i, r in self.first_bad[since : since + 3])
+    return (
+      f"data: skipped {self.bad - since} more bad record(s), {self.bad} of {self.seen} read so "
+      f"far ({self.bad_fraction:.2%})" + (f"; {listed}" if listed else "")
+    )
+
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> PipelineStats:
     return cls(

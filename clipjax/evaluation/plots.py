@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from clipjax import metrics as metrics_lib
+
 __all__ = [
   "pca_2d",
   "plot_embedding_pca",
@@ -392,7 +394,7 @@ def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
       if not line.strip():
         continue
       try:
-        event = json.loads(line)
+        event = metrics_lib.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{i}: not JSON ({e})") from e
       if not isinstance(event, dict) or "step" not in event:

@@ -2,9 +2,13 @@
 
 `setup(config)` checks the config and builds everything that can fail on bad settings or data
 (stages, model, optimizer, shardings, the data iterator) without touching the disk;
-`train(trainer, workdir)` then restores the latest checkpoint of `workdir/checkpoints` if any,
-trains to `config.total_steps`, appends events to `workdir/metrics.jsonl` and returns the
-summary. The `train` task (`clipjax.tasks.train`) owns the run directory around it.
+`train(trainer, workdir)` then restores the newest intact checkpoint of `workdir/checkpoints`
+if any (dropping the metrics.jsonl events logged after it, and running its evaluation if a
+kill lost it), trains to `config.total_steps`, appends events to `workdir/metrics.jsonl` and
+returns the summary (with the data pipeline's bad-record report under "data"). The step's
+`finite` flag is checked at every log step and before every save, and the checkpointer refuses
+a non-finite state, so no save path writes one. The `train` task (`clipjax.tasks.train`) owns
+the run directory around it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+import numpy as np
 import optax
 from etils import epath
 
@@ -199,13 +204,16 @@ def train(trainer: Trainer, workdir: str) -> dict[str, Any]:
 def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict[str, Any]:
   config, mesh, stages = trainer.config, trainer.mesh, trainer.stages
   model, state_shardings, train_iter = trainer.model, trainer.state_shardings, trainer.train_iter
-  latest = ckpt.latest_step()
+  latest, state = ckpt.restore_latest(trainer.abstract, data_iter=train_iter)
   if latest is not None:
-    state = ckpt.restore(latest, trainer.abstract, data_iter=train_iter)
     if is_main:
       print(f"Resumed from {ckpt.directory} at step {latest}.", flush=True)
   else:
     state = jax.jit(trainer.init_state, out_shardings=state_shardings)(trainer.params0)
+  # Steps after the restored one are trained (and logged) again: drop their old events.
+  logged_evals = {
+    e["step"]: e for e in writer.truncate_after(latest or 0) if e.get("kind") == "eval"
+  }
 
   # One compiled step per stage, built on first use. `model` is bound statically; its encode
   # functions read only the `params` argument, so parameters are never baked in as constants.
@@ -246,6 +254,34 @@ def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict
   timed_start, eval_seconds, timed_steps, rates = None, 0.0, 0, {}
   eval_metrics: dict[str, Any] = {}
   stopped_early = False
+  if latest is not None and evaluator.due(latest):
+    if _all_hosts(latest in logged_evals):
+      logged = logged_evals.get(latest, {})
+      eval_metrics = {k: v for k, v in logged.items() if k not in ("step", "kind")}
+    else:  # killed after the checkpoint committed, before its evaluation was written
+      if is_main:
+        print(f"Running the evaluation of step {latest} that the last run did not log.")
+      eval_metrics = evaluator(state.params, latest)
+      writer.write(latest, eval_metrics, kind="eval")
+  # The step's `finite` flags since the last check, and-ed on device (no host sync per step).
+  finite_since, checked_step = None, step
+  bad_reported = train_iter.stats.bad
+
+  def check_finite(host_metrics: dict[str, Any]) -> None:
+    nonlocal finite_since, checked_step
+    if finite_since is None:
+      return
+    finite = bool(jax.device_get(finite_since))
+    finite_since = None
+    try:
+      metrics_lib.check_finite(host_metrics, step, state_finite=finite, since=checked_step)
+    except metrics_lib.NonFiniteError as e:
+      ckpt.wait()
+      raise metrics_lib.NonFiniteError(
+        f"{e} Checkpoints in {ckpt.directory}: steps {ckpt.all_steps()}."
+      ) from None
+    checked_step = step
+
   progress.start(step)
   while step < config.total_steps:
     stage_index = next(i for i, s in enumerate(stages) if s.start <= step < s.end)
@@ -258,6 +294,8 @@ def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict
     local = next(train_iter)
     batch = sharding.make_global_batch(mesh, data_setup.model_inputs(local))
     state, step_metrics = step_fn_for(stage_index)(state, batch)
+    ok = step_metrics.pop("finite")
+    finite_since = ok if finite_since is None else finite_since & ok
     step += 1
     if step == first_step + 1:
       jax.block_until_ready(step_metrics)
@@ -270,9 +308,11 @@ def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict
     due_save = ckpt.should_save(step) or step == config.total_steps
     if step % config.log_every_steps == 0 or due_save:
       host_metrics = jax.device_get(step_metrics)
-      finite = bool(host_metrics.pop("finite"))
-      metrics_lib.check_finite(host_metrics, step, state_finite=finite)
+      check_finite(host_metrics)
       rates = progress.update(step, host_metrics) or rates
+      if is_main and train_iter.stats.bad > bad_reported:
+        print(train_iter.stats.describe(since=bad_reported), flush=True)
+        bad_reported = train_iter.stats.bad
       writer.write(
         step,
         {**host_metrics, **rates, **data_setup.stats(train_iter)},
@@ -291,19 +331,27 @@ def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict
     if preempt.requested or (distributed and ckpt.reached_preemption(step)):
       if is_main:
         print(f"Preemption requested: saving step {step} and exiting.", flush=True)
+      check_finite({})
       ckpt.save(step, state, train_iter, force=True)
       stopped_early = True
       break
   jax.block_until_ready(state)
   train_time = time.perf_counter() - timed_start - eval_seconds if timed_start else 0.0
-  if not eval_metrics and not stopped_early:
-    eval_metrics = evaluator(state.params, step)
-    writer.write(step, eval_metrics, kind="eval")
   return {
     "step": step,
     "finished": step >= config.total_steps and not stopped_early,
     "train_seconds_excl_first_step_and_eval": train_time,
     "steps_per_s": timed_steps / train_time if train_time else None,
     "examples_per_s": timed_steps * config.data.batch_size / train_time if train_time else None,
+    "data": train_iter.stats.summary(),
     **eval_metrics,
   }
+
+
+def _all_hosts(flag: bool) -> bool:
+  """`flag` as process 0 sees it (it alone reads metrics.jsonl), on every process."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))

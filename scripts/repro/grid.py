@@ -20,7 +20,6 @@ that `scripts/reproduce.py` writes between the page's generation markers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from clipjax import metrics
 from repro import stats
 
 BEGIN = "<!-- generated:begin -->"
@@ -125,14 +125,14 @@ def read_json(workdir: str, name: str) -> Any:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: missing (did the run or its evaluation finish?)")
   with open(path) as f:
-    return json.load(f)
+    return metrics.loads(f.read())
 
 
 def train_events(workdir: str) -> list[dict]:
   """The `"kind": "train"` events of `WORKDIR/metrics.jsonl`."""
   path = os.path.join(workdir, "metrics.jsonl")
   with open(path) as f:
-    return [e for e in map(json.loads, filter(str.strip, f)) if e.get("kind") == "train"]
+    return [e for e in map(metrics.loads, filter(str.strip, f)) if e.get("kind") == "train"]
 
 
 def toposort(runs: Sequence[Run]) -> list[Run]:

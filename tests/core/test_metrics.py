@@ -71,3 +71,10 @@ def test_progress_line():
   rates = p.update(10, {"loss": 1.25})
   assert rates["examples_per_s"] == pytest.approx(rates["steps_per_s"] * 32)
   assert "step 10/100 loss=1.25" in out.getvalue() and "ETA" in out.getvalue()
+
+
+def test_loads_inverts_dumps():
+  obj = {"a": [np.nan, np.inf, -np.inf, 1.5], "b": "text", "c": {"d": np.float32(np.inf)}}
+  back = metrics.loads(metrics.dumps(obj))
+  assert np.isnan(back["a"][0]) and back["a"][1:] == [np.inf, -np.inf, 1.5]
+  assert back["b"] == "text" and back["c"] == {"d": np.inf}
