@@ -182,7 +182,8 @@ def test_corrupted_checkpoint_and_lost_eval_on_resume(tmp_path, capsys):
   again = train_task.run(c, str(tmp_path))
   gc.collect()  # orbax's orphaned reads of the rejected step warn now, under the filter
   err = capsys.readouterr().err
-  assert "checkpoint step 4: checksum mismatch" in err and "Resuming from step 2" in err
+  # (a checksum mismatch, or a read error where the bytes hit orbax's own metadata)
+  assert "checkpoint step 4: " in err and "Resuming from step 2" in err
   assert (tmp_path / "checkpoints" / "rejected" / "4").is_dir()
   for a, b in zip(jax.tree.leaves(params4), jax.tree.leaves(_params(tmp_path)), strict=True):
     np.testing.assert_array_equal(a, b)
