@@ -145,8 +145,10 @@ def _newest_good(steps: list[int], load: Callable[[int], _T]) -> tuple[int, _T, 
 
 
 class PreemptionFlag:
-  """SIGTERM -> a flag the loop polls, so the trainer can save and exit cleanly.
+  """SIGTERM or Ctrl-C (SIGINT) -> a flag the loop polls, so the trainer can save and exit cleanly.
 
+  A second Ctrl-C exits at once (exit status 130) without waiting for that save; orbax commits
+  a checkpoint by renaming it, so an interrupted save is never picked up by a resume.
   With `jax.distributed` initialised, JAX's own notifier handles SIGTERM and the sync point
   is `CheckpointManager.reached_preemption` (installing a Python handler would replace
   JAX's and the hosts would disagree), so this class installs nothing then.
@@ -154,19 +156,29 @@ class PreemptionFlag:
 
   def __init__(self, distributed: bool):
     self.distributed = distributed
-    self.requested = False
-    self._previous = None
+    self.requested: str | None = None
+    self._previous: dict[int, Any] = {}
     if not distributed:
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handler)
 
   def _handler(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.requested == "SIGINT":
+      print("\nSecond Ctrl-C: exiting now.", file=sys.stderr, flush=True)
+      os._exit(128 + signal.SIGINT)
+    if signum == signal.SIGINT:
+      print(
+        "\nCtrl-C: saving a checkpoint after this step, then exiting (Ctrl-C again to exit now).",
+        file=sys.stderr,
+        flush=True,
+      )
+    self.requested = self.requested or signal.Signals(signum).name
 
   def restore_handler(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
 
 
 class _IteratorState:

@@ -23,6 +23,7 @@ __all__ = [
   "shapes_context_length",
   "shapes_world",
   "train_config",
+  "unknown_key",
   "validate_train_config",
 ]
 
@@ -75,6 +76,28 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
       parsed = float(parsed)
     out[key] = parsed
   return out
+
+
+def unknown_key(config: Any, dotted: str) -> str | None:
+  """Why `dotted` (e.g. "optim.lrr") names no key of `config`, or None if it does.
+
+  The message names the bad key, the closest keys at its level (always, however far off the
+  typo) and every valid key at that level.
+  """
+  node, parts = config, dotted.split(".")
+  for i, part in enumerate(parts):
+    where = ".".join(parts[:i]) or "the config"
+    if not hasattr(node, "keys"):
+      return f"config key {dotted!r}: {where!r} is a value ({type(node).__name__}), not a section"
+    keys = sorted(str(k) for k in node)
+    if part not in keys:
+      close = difflib.get_close_matches(part, keys, n=3, cutoff=0.0)
+      return (
+        f"unknown config key {'.'.join(parts[: i + 1])!r}; closest: "
+        f"{', '.join(close) or '(none)'}. Valid keys in {where}: {', '.join(keys)}"
+      )
+    node = node[part]
+  return None
 
 
 def apply_smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:

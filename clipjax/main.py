@@ -7,10 +7,13 @@ Config overrides: `--config.optim.lr=3e-4`; a typo is an error with a suggestion
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from clipjax import tasks
+from clipjax import config_lib, tasks
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/quickstart.py:smoke.", lock_config=True
@@ -19,6 +22,37 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory (config.json, metrics.jsonl, checkpoints/)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a config-key typo as one short message instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError):
+    config = _load_config(argv)
+    for arg in argv[1:]:
+      if config is not None and arg.startswith("--config."):
+        why = config_lib.unknown_key(config, arg[len("--config.") :].split("=", 1)[0])
+        if why:
+          sys.exit(f"{arg}: {why}")
+    raise
+
+
+def _load_config(argv: list[str]):
+  """The config `--config path[:arg]` names (what config_flags loads), or None."""
+  for i, arg in enumerate(argv):
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      spec = argv[i + 1]
+    elif arg.startswith(("--config=", "-config=")):
+      spec = arg.split("=", 1)[1]
+    else:
+      continue
+    path, _, cfg_arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_clipjax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(cfg_arg) if cfg_arg else module.get_config()
+  return None
 
 
 def main(argv: list[str]) -> None:
@@ -39,4 +73,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

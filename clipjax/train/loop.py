@@ -330,7 +330,8 @@ def _train_loop(trainer, ckpt, writer, preempt, *, is_main, distributed) -> dict
         print(periodic_eval.format_table(eval_metrics, step), flush=True)
     if preempt.requested or (distributed and ckpt.reached_preemption(step)):
       if is_main:
-        print(f"Preemption requested: saving step {step} and exiting.", flush=True)
+        why = preempt.requested or "preemption notice"
+        print(f"Preemption requested ({why}): saving step {step} and exiting.", flush=True)
       check_finite({})
       ckpt.save(step, state, train_iter, force=True)
       stopped_early = True

@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
+from clipjax import checkpointing, runs
+from clipjax import methods as methods_lib
 from clipjax import model as model_lib
-from clipjax import runs
+from clipjax.methods.base import Method
 from clipjax.tasks import cola_eval, hotclip_fuse
 from clipjax.tasks import eval as eval_task
 from clipjax.tasks import train as train_task
@@ -135,12 +137,26 @@ def test_failed_start_leaves_no_trace_and_does_not_block_the_fix(tmp_path, capsy
   with pytest.raises(FileNotFoundError, match="missing.csv"):
     train_task.run(bad, str(wdir))
   assert not wdir.exists()
-  # A config.json left by an older failed start (no checkpoint) is not a run to resume.
-  wdir.mkdir()
-  (wdir / "checkpoints").mkdir()
-  stale = json.loads(_train_config().to_json_best_effort())
-  stale["method"]["name"] = "otclipp"
-  runs.write_json(wdir / "config.json", stale)
+
+  # A start that fails after config.json is written (here: in the first step) saves no
+  # checkpoint, so the corrected command in the same directory is not a refused resume.
+  def factory():
+    def loss(emb, mstate, rng):
+      raise ValueError("broken loss")
+
+    return Method(loss=loss, init=lambda _: {})
+
+  methods_lib.REGISTRY["_broken"] = factory
+  try:
+    bad = _train_config()
+    bad.method.name = "_broken"
+    with pytest.raises(ValueError, match="broken loss"):
+      train_task.run(bad, str(wdir))
+  finally:
+    del methods_lib.REGISTRY["_broken"]
+  assert runs.read_run_config(str(wdir))["method"]["name"] == "_broken"
+  assert not checkpointing.saved_steps(str(wdir / "checkpoints"))
+  capsys.readouterr()
   c = _train_config()
   c.total_steps = 2
   assert train_task.run(c, str(wdir))["finished"]

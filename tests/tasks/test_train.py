@@ -305,3 +305,32 @@ def test_sigterm_after_a_non_finite_update_saves_nothing(tmp_path):
   )
   assert checkpointing.saved_steps(str(tmp_path / "checkpoints")) == []
   assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+  proc = subprocess.Popen(
+    _cli(tmp_path, *LONG), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+  _wait_for_step(tmp_path, 3, proc)
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "Preemption requested (SIGINT)" in out
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert not summary["finished"]
+  assert checkpointing.saved_steps(str(tmp_path / "checkpoints"))[-1] == summary["step"]
+
+
+def test_second_ctrl_c_exits_at_once(monkeypatch):
+  flag = checkpointing.PreemptionFlag(distributed=False)
+  exits = []
+  monkeypatch.setattr(checkpointing.os, "_exit", exits.append)
+  try:
+    signal.raise_signal(signal.SIGINT)
+    assert flag.requested == "SIGINT" and not exits  # the first asks for a save
+    signal.raise_signal(signal.SIGINT)
+    assert exits == [128 + signal.SIGINT]  # the second does not wait for it
+  finally:
+    flag.restore_handler()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
