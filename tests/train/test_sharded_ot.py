@@ -8,6 +8,7 @@ import pytest
 from clipjax import sharding
 from clipjax.methods import otclip
 
+EPSILON = 0.05
 KINDS = {
   "entropic": {"kind": "entropic", "num_iters": 5},
   "uot": {"kind": "uot", "num_iters": 5, "rho_a": 1.0, "rho_b": 1.0},
@@ -20,7 +21,7 @@ def _value_and_grad(devices, kw, n, compile_only=False):
   sh = sharding.batch_sharding(mesh)
 
   def f(zi, zt):
-    return otclip.ot_clip_loss(zi, zt, 0.05, **kw)[0]
+    return otclip.ot_clip_loss(zi, zt, EPSILON, **kw)[0]
 
   g = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), in_shardings=(sh, sh))
   if compile_only:
@@ -33,12 +34,15 @@ def _value_and_grad(devices, kw, n, compile_only=False):
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
-def test_sharded_ot_loss_and_grads_match_one_device(name):
-  ref_v, ref_g = _value_and_grad(jax.devices()[:1], KINDS[name], 64)
-  v, g = _value_and_grad(jax.devices(), KINDS[name], 64)
-  np.testing.assert_allclose(v, ref_v, rtol=1e-5)
+def test_sharded_ot_loss_and_grads_match_one_device(name, reorder_tol):
+  n = 64
+  ref_v, ref_g = _value_and_grad(jax.devices()[:1], KINDS[name], n)
+  v, g = _value_and_grad(jax.devices(), KINDS[name], n)
+  # Sinkhorn's log-sum-exps reduce n terms of cost / epsilon (cosine costs lie in [0, 2]).
+  term = 2.0 / EPSILON
+  assert abs(v - ref_v) <= reorder_tol(term * max(1.0, abs(float(ref_v))), n)
   for a, b in zip(g, ref_g):
-    assert np.max(np.abs(a - b)) <= 1e-5 * max(1.0, float(np.max(np.abs(b))))
+    assert np.max(np.abs(a - b)) <= reorder_tol(term * float(np.max(np.abs(b))), n)
 
 
 def test_per_device_ot_memory_scales_with_devices():

@@ -20,7 +20,10 @@ OPTIM = mlc.ConfigDict(
     "warmup_frac": 0.0,
     "b1": 0.9,
     "b2": 0.98,
-    "eps": 1e-6,
+    # Adam's update g / (|g| + eps) has slope up to 1 / eps in g: with eps = 1e-6, a 1e-7
+    # reduction-order difference in a near-zero gradient moves the update by 0.1. eps = 1e-3
+    # keeps the update 1e3-Lipschitz, so parameters inherit the gradient tolerance (below).
+    "eps": 1e-3,
     "weight_decay": 0.1,
     "clip_grad_norm": 1.0,
     "grad_accum_steps": 1,
@@ -108,28 +111,39 @@ def _grads(devices, mesh_cfg):
 
 
 MESHES = [{"data": 8}, {"data": 2, "fsdp": 4}, {"data": 4, "tensor": 2}]
+# The largest reductions the compared values depend on (tiny model, batch 16): the forward's
+# widest contraction (MLP width 128) for the loss; for the gradients the sum over the batch's
+# 16 x 77 text tokens (data parallelism splits exactly that sum across devices).
+LOSS_REDUCTION = 128
+GRAD_REDUCTION = 16 * 77
+STEPS, LR = 2, 1e-3
+
+
+def _max_abs_diffs(a_tree, b_tree):
+  pairs = zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree), strict=True)
+  return [(float(np.max(np.abs(a - b))), float(np.max(np.abs(b)))) for a, b in pairs]
 
 
 @pytest.mark.parametrize("mesh_cfg", MESHES)
-def test_sharded_loss_and_grads_match_single_device(mesh_cfg):
+def test_sharded_loss_and_grads_match_single_device(mesh_cfg, reorder_tol):
   ref_loss, ref_grads = _grads(jax.devices()[:1], {"data": 1})
   loss, grads = _grads(jax.devices(), mesh_cfg)
-  np.testing.assert_allclose(loss, ref_loss, atol=1e-6, rtol=0)
-  # float32 reduction order: within 2e-6 relative to each leaf's largest gradient entry
-  # (measured up to 1.1e-6 with tensor parallelism).
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
-    assert np.max(np.abs(a - b)) <= 2e-6 * max(1.0, float(np.max(np.abs(b))))
+  assert abs(loss - ref_loss) <= reorder_tol(abs(ref_loss), LOSS_REDUCTION)
+  for diff, scale in _max_abs_diffs(grads, ref_grads):
+    assert diff <= reorder_tol(scale, GRAD_REDUCTION)
 
 
 @pytest.mark.parametrize("mesh_cfg", MESHES)
-def test_sharded_train_steps_match_single_device(mesh_cfg):
-  ref_losses, ref_params, _, _ = _run(jax.devices()[:1], {"data": 1})
-  losses, params, n_traces, state = _run(jax.devices(), mesh_cfg)
-  np.testing.assert_allclose(losses, ref_losses, atol=1e-6, rtol=0)
-  # Adam divides by sqrt(v): reduction-order differences of 1e-7 in tiny gradients become a
-  # few 1e-6 in the updated parameters (lr 1e-3); gradients are compared at 1e-6 above.
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+def test_sharded_train_steps_match_single_device(mesh_cfg, reorder_tol):
+  ref_losses, ref_params, _, _ = _run(jax.devices()[:1], {"data": 1}, steps=STEPS)
+  losses, params, n_traces, state = _run(jax.devices(), mesh_cfg, steps=STEPS)
+  assert abs(losses[0] - ref_losses[0]) <= reorder_tol(abs(ref_losses[0]), LOSS_REDUCTION)
+  # Each Adam step moves a parameter by at most lr / eps (= 1, see OPTIM) times the gradient
+  # difference; the second loss adds what those parameter differences change.
+  param_tol = STEPS * LR / OPTIM.eps * reorder_tol(1.0, GRAD_REDUCTION)
+  for diff, _ in _max_abs_diffs(params, ref_params):
+    assert diff <= param_tol
+  assert abs(losses[1] - ref_losses[1]) <= 2 * reorder_tol(abs(ref_losses[1]), LOSS_REDUCTION)
   assert n_traces == 1, "train_step was retraced after the first step"
   if "fsdp" in mesh_cfg:
     spec = state.params["visual"]["blocks"]["0"]["mlp"]["c_fc"]["kernel"].sharding.spec
