@@ -27,21 +27,6 @@ from clipjax import tree as tree_lib
 from clipjax.model import create
 
 
-def _perm_maps(spec, config, rng):
-  w, heads, mlp = config.vision.width, config.vision.heads, config.vision.mlp_dim
-  dh = w // heads
-  eye = lambda p: np.eye(len(p), dtype=np.float32)[p]
-  res = eye(rng.permutation(w))
-  maps = {}
-  for b in range(config.vision.layers):
-    pi = rng.permutation(heads)
-    for name in ("qk", "v"):
-      perm = np.concatenate([pi[h] * dh + rng.permutation(dh) for h in range(heads)])
-      maps[f"{name}/{b}"] = eye(perm)
-    maps[f"mlp/{b}"] = eye(rng.permutation(mlp))
-  return {n: maps.get(n, res) for n in spec.map_names()}
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variant", default="tiny")
@@ -68,7 +53,9 @@ def main():
     plain.append(noisy)
     params = {**model.params, "visual": jax.tree.map(jnp.asarray, noisy)}
     if k:
-      params = fusion.apply_maps(params, spec, _perm_maps(spec, model.config, rng))
+      params = fusion.apply_maps(
+        params, spec, fusion.random_permutation_maps(spec, model.config, rng)
+      )
     host = jax.tree.map(np.asarray, params)
     loaders.append(lambda host=host: jax.tree.map(jnp.asarray, host))
 

@@ -13,35 +13,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import jax
 import numpy as np
 
 from clipjax import model as clipmodel
-
-
-def _median_seconds(fn, repeats: int) -> float:
-  """Median wall-clock seconds of `fn()` over `repeats` calls after one warm-up call."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def _median_cpu_seconds(fn, repeats: int) -> float:
-  """Median process CPU seconds (all threads) of `fn()`: less sensitive to a busy machine."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.process_time()
-    jax.block_until_ready(fn())
-    times.append(time.process_time() - start)
-  return statistics.median(times)
+from clipjax.measure import time_calls
 
 
 def main() -> None:
@@ -72,17 +50,17 @@ def main() -> None:
   start = time.perf_counter()
   jax.block_until_ready(both(clip.params, pixels, ids))
   compile_s = time.perf_counter() - start
+  n = args.repeats
+  both_t = time_calls(both, clip.params, pixels, ids, repeats=n)
   result = {
     "variant": args.variant,
     "dtype": args.dtype,
     "batch": args.batch,
     "repeats": args.repeats,
-    "image_plus_text_s": _median_seconds(lambda: both(clip.params, pixels, ids), args.repeats),
-    "image_plus_text_cpu_s": _median_cpu_seconds(
-      lambda: both(clip.params, pixels, ids), args.repeats
-    ),
-    "image_s": _median_seconds(lambda: clip.encode_image(clip.params, pixels).emb, args.repeats),
-    "text_s": _median_seconds(lambda: clip.encode_text(clip.params, ids).emb, args.repeats),
+    "image_plus_text_s": both_t.wall,
+    "image_plus_text_cpu_s": both_t.cpu,
+    "image_s": time_calls(lambda: clip.encode_image(clip.params, pixels).emb, repeats=n).wall,
+    "text_s": time_calls(lambda: clip.encode_text(clip.params, ids).emb, repeats=n).wall,
     "init_s": init_s,
     "first_call_s": compile_s,
     "device": str(jax.devices()[0]),

@@ -11,13 +11,13 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from clipjax import losses
+from clipjax.measure import time_calls
 from clipjax.methods import otclip
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,14 +46,8 @@ def bench(batch: int, reps: int = 20) -> dict[str, dict[str, float]]:
   for name, f in fns.items():
     g = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
     scale = jnp.float32(15.0)
-    jax.block_until_ready(g(zi, zt, scale))
-    ts, c0 = [], time.process_time()
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      jax.block_until_ready(g(zi, zt, scale))
-      ts.append(time.perf_counter() - t0)
-    cpu_ms = (time.process_time() - c0) / reps * 1e3
-    out[name] = {"wall_ms": float(np.median(ts) * 1e3), "cpu_ms": cpu_ms}
+    t = time_calls(g, zi, zt, scale, repeats=reps)
+    out[name] = {"wall_ms": t.wall * 1e3, "cpu_ms": float(np.mean(t.cpu_s)) * 1e3}
   return out
 
 
@@ -95,14 +89,8 @@ def stepbench(batch: int, reps: int = 20) -> dict[str, dict[str, float]]:
         schedule=optim.make_schedule(c.optim, c.total_steps),
       )
     )
-    jax.block_until_ready(fn(state, data))
-    ts, c0 = [], time.process_time()
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(state, data))
-      ts.append(time.perf_counter() - t0)
-    cpu_ms = (time.process_time() - c0) / reps * 1e3
-    out[loss] = {"wall_ms": float(np.median(ts) * 1e3), "cpu_ms": cpu_ms}
+    t = time_calls(fn, state, data, repeats=reps)
+    out[loss] = {"wall_ms": t.wall * 1e3, "cpu_ms": float(np.mean(t.cpu_s)) * 1e3}
   base = out["infonce"]
   for r in out.values():
     r["wall_overhead"] = r["wall_ms"] / base["wall_ms"]

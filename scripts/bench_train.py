@@ -35,20 +35,12 @@ import ml_collections as mlc
 import numpy as np
 
 
-def _median_time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def matmul_flops(n=2048, repeats=5):
+  from clipjax.measure import time_calls
+
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
-  jax.block_until_ready(f(a))
-  return 2 * n**3 / _median_time(lambda: f(a), repeats)
+  return 2 * n**3 / time_calls(f, a, repeats=repeats).wall
 
 
 LOSSES = {

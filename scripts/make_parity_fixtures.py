@@ -3,10 +3,10 @@
 Developer-only: needs torch, transformers and open_clip_torch (the `parity` extra), never runs in
 CI. The tests only read what this script writes, with numpy and safetensors.
 
-  python -m venv /work/venv-torch
-  /work/venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1 open_clip_torch==3.3.0 \
+  python -m venv .venv-torch  # a separate venv: torch never enters clipjax's own
+  .venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1 open_clip_torch==3.3.0 \
     transformers safetensors  # open_clip needs torchvision, which needs this torch pair
-  /work/venv-torch/bin/python scripts/make_parity_fixtures.py [--out tests/fixtures/parity] \
+  .venv-torch/bin/python scripts/make_parity_fixtures.py [--out tests/fixtures/parity] \
     [--only hf openclip openclip_gelu openai preprocess]
 
 Output (all seeded and deterministic, about 1 MB in total):

@@ -3,7 +3,7 @@
 Developer-only: run in a venv with the `parity` extra plus open_clip_torch (torch, ftfy, regex,
 tokenizers), never in CI:
 
-  /work/parity-venv/bin/python scripts/make_tokenizer_fixture.py
+  .venv-torch/bin/python scripts/make_tokenizer_fixture.py  # the venv of make_parity_fixtures.py
 
 open_clip's `tokenizer.py` is loaded standalone (no torchvision/timm import). Outputs:
 

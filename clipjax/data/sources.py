@@ -19,7 +19,7 @@ A record that cannot be read (missing file, non-UTF-8 or empty caption) raises `
 the pipeline skips and counts those.
 
 clipjax record format (one array_record record per example, written by
-`scripts/prepare_image_text.py`)::
+`python -m clipjax.data.prepare`)::
 
   b"CJR1" | uint32 little-endian header length H | H bytes of UTF-8 JSON header
           | caption bytes | image bytes

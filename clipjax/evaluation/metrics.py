@@ -7,13 +7,22 @@
   breaks ties in an unspecified order, and the two agree whenever scores are distinct.
 * `mean_per_class_recall`: recall averaged over the classes present in the labels
   (scikit-learn's `balanced_accuracy_score`, which CLIP_benchmark calls).
+
+Selective classification: `risk_coverage_curve` (the error rate among the k most confident
+examples, k = 1..n) and `selective_risk` (that risk at given coverages, and its mean, AURC).
 """
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["classification_metrics", "label_ranks"]
+__all__ = [
+  "classification_metrics",
+  "label_ranks",
+  "risk_coverage_curve",
+  "selective_risk",
+]
 
 
 def label_ranks(scores_nc: np.ndarray, labels_n: np.ndarray) -> np.ndarray:
@@ -76,4 +85,46 @@ def classification_metrics(
   for name, classes in (class_subsets or {}).items():
     sub = block(np.isin(labels_n, np.asarray(list(classes), np.int64)))
     out.update({f"{name}/{k}": v for k, v in sub.items()})
+  return out
+
+
+def risk_coverage_curve(
+  confidence_n: np.ndarray, correct_n: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """Selective risk at every coverage: keep the k most confident examples, k = 1..n.
+
+  Ties in confidence keep the input order (stable sort), so the curve is deterministic.
+
+  Args:
+    confidence_n: [n] confidence (higher = kept first), e.g. the maximum softmax probability.
+    correct_n: [n] bool, whether each prediction is right.
+
+  Returns:
+    `(coverage_n, risk_n)`: coverage k/n and the error rate among the k kept, for k = 1..n.
+  """
+  conf_n = np.asarray(confidence_n, np.float64)
+  correct_n = np.asarray(correct_n)
+  if conf_n.ndim != 1 or correct_n.shape != conf_n.shape:
+    raise ValueError(f"confidence_n {conf_n.shape} and correct_n {correct_n.shape}: need [n] each")
+  if conf_n.size == 0:
+    raise ValueError("risk_coverage_curve: no examples")
+  if not np.all(np.isfinite(conf_n)):
+    raise ValueError("confidence_n has non-finite values")
+  order = np.argsort(-conf_n, kind="stable")
+  err = 1.0 - correct_n[order].astype(np.float64)
+  k = np.arange(1, conf_n.size + 1)
+  return k / conf_n.size, np.cumsum(err) / k
+
+
+def selective_risk(
+  confidence_n: np.ndarray, correct_n: np.ndarray, coverages: Sequence[float]
+) -> dict[str, float]:
+  """`risk@{s}`: the error rate among the ⌈s·n⌉ most confident examples, per coverage s in
+  (0, 1]; `aurc`: the mean risk over k = 1..n (area under the risk–coverage curve)."""
+  if any(not 0.0 < s <= 1.0 for s in coverages):
+    raise ValueError(f"coverages must lie in (0, 1], got {list(coverages)}")
+  _, risk_n = risk_coverage_curve(confidence_n, correct_n)
+  n = risk_n.size
+  out = {f"risk@{s:g}": float(risk_n[math.ceil(s * n) - 1]) for s in coverages}
+  out["aurc"] = float(risk_n.mean())
   return out

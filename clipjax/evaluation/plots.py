@@ -3,7 +3,7 @@
 Every `plot_*` function takes plain numpy arrays / dicts, writes one PNG and returns its path.
 Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never through
 pyplot, so nothing depends on (or changes) the process's interactive backend. matplotlib is
-imported lazily: importing this module, and the pure helpers (`risk_coverage_curve`, `pca_2d`,
+imported lazily: importing this module, and the pure helpers (`pca_2d`,
 `robustness_curves`, `read_metrics_jsonl`), work without it.
 
 * `plot_robustness`: robust accuracy vs ε, one line per attack (`robustness_curves` builds the
@@ -41,7 +41,6 @@ __all__ = [
   "plot_transport_plan",
   "plot_workdir",
   "read_metrics_jsonl",
-  "risk_coverage_curve",
   "robustness_curves",
   "safe_filename",
 ]
@@ -95,32 +94,6 @@ def _curve(name: str, xy: Any, x_name: str, y_name: str) -> tuple[np.ndarray, np
   if x.size == 0:
     raise ValueError(f"curve {name!r} is empty")
   return x, y
-
-
-def risk_coverage_curve(
-  confidence_n: np.ndarray, correct_n: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-  """Selective risk at every coverage: keep the k most confident examples, k = 1..n.
-
-  Ties in confidence keep the input order (stable sort), so the curve is deterministic.
-
-  Args:
-    confidence_n: [n] confidence (higher = kept first), e.g. the maximum softmax probability.
-    correct_n: [n] bool, whether each prediction is right.
-
-  Returns:
-    `(coverage_n, risk_n)`: coverage k/n and the error rate among the k kept, for k = 1..n.
-  """
-  conf_n = _vector(confidence_n, "confidence_n")
-  correct_n = np.asarray(correct_n)
-  if correct_n.shape != conf_n.shape:
-    raise ValueError(f"confidence_n {conf_n.shape} and correct_n {correct_n.shape} differ")
-  if conf_n.size == 0:
-    raise ValueError("risk_coverage_curve: no examples")
-  order = np.argsort(-conf_n, kind="stable")
-  err = 1.0 - correct_n[order].astype(np.float64)
-  k = np.arange(1, conf_n.size + 1)
-  return k / conf_n.size, np.cumsum(err) / k
 
 
 def pca_2d(x_nd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

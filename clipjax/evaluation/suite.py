@@ -53,8 +53,9 @@ from clipjax.data import corrupt, pipeline, registry
 from clipjax.data.sources import label_sets_of
 from clipjax.data.tokenizer import Tokenizer
 from clipjax.evaluation import metrics as eval_metrics
-from clipjax.evaluation import plots, retrieval, robustness, zeroshot
+from clipjax.evaluation import retrieval, robustness, zeroshot
 from clipjax.evaluation.linear_probe import linear_probe as fit_linear_probe
+from clipjax.methods.base import model_params
 
 __all__ = [
   "LINEAR_PROBE_DEFAULTS",
@@ -149,7 +150,7 @@ def tokenizer_for(model: Any, merges_path: str, context_length: int) -> Tokenize
 
 
 def _host_params(params: Any) -> Any:
-  params = {k: v for k, v in params.items() if k != "method"}
+  params = model_params(params)
   if jax.process_count() > 1:
     params = multihost_utils.process_allgather(params, tiled=True)
   return jax.device_get(params)
@@ -275,17 +276,14 @@ def selective_metrics(
   if any(not 0.0 < s <= 1.0 for s in coverages):
     raise ValueError(f"selective.coverages must lie in (0, 1], got {list(coverages)}")
   labels_n = np.asarray(labels_n)
-  n = labels_n.shape[0]
   out: dict[str, float] = {}
   curves: dict[str, dict[str, list[float]]] = {}
   if "msp" in selectors:
     probs_nc = _softmax_rows(zeroshot.zeroshot_scores(zimg_nd, classifier).astype(np.float64))
-    correct_n = probs_nc.argmax(axis=1) == labels_n
-    cov_n, risk_n = plots.risk_coverage_curve(probs_nc.max(axis=1), correct_n)
-    for s in coverages:
-      out[f"msp/risk@{s:g}"] = float(risk_n[math.ceil(s * n) - 1])
-    out["msp/aurc"] = float(risk_n.mean())
-    curves["msp"] = _thin(cov_n, risk_n)
+    conf_n, correct_n = probs_nc.max(axis=1), probs_nc.argmax(axis=1) == labels_n
+    for k, v in eval_metrics.selective_risk(conf_n, correct_n, coverages).items():
+      out[f"msp/{k}"] = v
+    curves["msp"] = _thin(*eval_metrics.risk_coverage_curve(conf_n, correct_n))
   if "partial_ot" in selectors:
     # Imported here: the OT solvers are only needed when this selector is asked for.
     from clipjax.methods import otclip

@@ -28,7 +28,15 @@ from clipjax.fusion.hierarchical import (
   ensemble_encode_image,
   hierarchical_fuse,
 )
-from clipjax.fusion.spec import AxisRule, FusionSpec, Group, resolve, vit_spec, vit_spec_for
+from clipjax.fusion.spec import (
+  AxisRule,
+  FusionSpec,
+  Group,
+  random_permutation_maps,
+  resolve,
+  vit_spec,
+  vit_spec_for,
+)
 
 __all__ = [
   "AlignOptions",
@@ -50,6 +58,7 @@ __all__ = [
   "fuse_stream",
   "hierarchical_fuse",
   "l2_distance",
+  "random_permutation_maps",
   "resolve",
   "transport_map",
   "vit_activations",

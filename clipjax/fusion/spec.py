@@ -26,6 +26,8 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
+
 from clipjax import tree as tree_lib
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
   "Group",
   "RESIDUAL_POLICIES",
   "HEAD_MODES",
+  "random_permutation_maps",
   "replace_subtree",
   "resolve",
   "rule_table",
@@ -401,3 +404,37 @@ def vit_spec_for(config: Any, *, residual: str, head_mode: str, **kwargs: Any) -
 def rule_table(spec: FusionSpec) -> Sequence[tuple[str, int, str, str]]:
   """`(pattern, axis, group, role)` rows, for printing/logging a spec."""
   return [(r.pattern, r.axis, r.group, r.role) for r in spec.rules]
+
+
+def random_permutation_maps(
+  spec: FusionSpec, config: Any, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+  """Random function-preserving permutation maps for every map of a ViT image-tower spec.
+
+  In block b the heads are permuted as units, the dims within each head by one permutation for
+  q and k (`qk/b`) and another for v (`v/b`), and the MLP units (`mlp/b`); every other map of
+  the spec (the residual stream) gets one shared permutation. A map is the [n, n] matrix
+  `I[perm]` (`new[j] = old[perm[j]]`); `clipjax.fusion.apply_maps` applies them. Used to build
+  permuted copies of a model, which exact fusion must recover.
+
+  Args:
+    spec: e.g. `vit_spec_for(config, ...)`.
+    config: the `CLIPConfig` (its `vision` width, heads, layers and MLP width).
+    rng: the permutations' source (drawn in a fixed order: residual, then per block).
+  """
+  vis = config.vision
+  w, heads, dh = vis.width, vis.heads, vis.width // vis.heads
+
+  def matrix(perm):
+    return np.eye(len(perm), dtype=np.float32)[perm]
+
+  res = matrix(rng.permutation(w))
+  maps = {}
+  for b in range(vis.layers):
+    pi = rng.permutation(heads)
+    for name in ("qk", "v"):
+      maps[f"{name}/{b}"] = matrix(
+        np.concatenate([pi[h] * dh + rng.permutation(dh) for h in range(heads)])
+      )
+    maps[f"mlp/{b}"] = matrix(rng.permutation(vis.mlp_dim))
+  return {n: maps.get(n, res) for n in spec.map_names()}

@@ -1,6 +1,6 @@
 """What the trainer hands to a method, and what a method is.
 
-A method is a pair of pure functions (STYLE.md §3): `loss(emb, mstate, rng) -> (loss, aux,
+A method is a pair of pure functions: `loss(emb, mstate, rng) -> (loss, aux,
 new_mstate)` and an optional `init(...) -> mstate`. Hyper-parameters are bound with
 `functools.partial` from `config.method.kwargs` by the registry; nothing here touches modules or
 parameters directly.
@@ -13,7 +13,10 @@ from typing import Any, NamedTuple
 
 import jax
 
-__all__ = ["Embeddings", "Method"]
+__all__ = ["METHOD_PARAMS", "Embeddings", "Method", "model_params"]
+
+# The key of `params` under which a method keeps its own trainable parameters.
+METHOD_PARAMS = "method"
 
 
 class Embeddings(NamedTuple):
@@ -64,3 +67,8 @@ class Method(NamedTuple):
   needs_tokens: bool = False
   forward: Callable[..., Embeddings] | None = None
   init_params: Callable[..., dict[str, Any]] | None = None
+
+
+def model_params(params: dict[str, Any]) -> dict[str, Any]:
+  """The model's own parameters: `params` without a method's `params["method"]`."""
+  return {k: v for k, v in params.items() if k != METHOD_PARAMS}

@@ -23,22 +23,17 @@ tower. Labels come from `batch[label_key]` (e.g. "labels/shape", sent by the tra
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from clipjax.attacks import ce_objective, fgsm, mim, pgd
-from clipjax.methods.base import Embeddings, Method
+from clipjax.methods.base import Embeddings, Method, model_params
 
 __all__ = ["ATTACKS", "METHODS", "fare", "make_attack", "tecoa"]
 
 ATTACKS = ("fgsm", "pgd", "mim")
-
-
-def _model_params(params: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in params.items() if k != "method"}
 
 
 def _stateless(_: int) -> dict:
@@ -137,7 +132,7 @@ def tecoa(
   run_attack = make_attack(attack, eps=eps, step_size=step_size, steps=steps, decay=decay)
 
   def forward(model, params, batch, rng):
-    p = _model_params(params)
+    p = model_params(params)
     if ids_cl.shape[1] != model.config.text.context_length:
       raise ValueError(
         f"hotclip_tecoa: class_ids have length {ids_cl.shape[1]}, the model's context length is "
@@ -197,7 +192,7 @@ def fare(
   def forward(model, params, batch, rng):
     if "method" not in params or "fare_orig" not in params["method"]:
       raise KeyError("hotclip_fare needs params['method']['fare_orig'] (from its init_params)")
-    p = _model_params(params)
+    p = model_params(params)
     orig = {**jax.lax.stop_gradient(p), **jax.lax.stop_gradient(params["method"]["fare_orig"])}
     frozen = jax.lax.stop_gradient(p)
     x_bhwc = batch["image"]

@@ -62,7 +62,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from clipjax.methods.base import Embeddings, Method
+from clipjax.methods.base import Embeddings, Method, model_params
 from clipjax.ot import plans
 
 __all__ = [
@@ -374,7 +374,7 @@ def _forward(model: Any, params: dict, batch: dict[str, jax.Array], prompt_scale
   """Both towers plus the negative texts (prompt_scale * prompts spliced after the start token)."""
   if "method" not in params or "prompts" not in params["method"]:
     raise ValueError("NCU needs params['method']['prompts'] (created by Method.init_params).")
-  mparams = {k: v for k, v in params.items() if k != "method"}
+  mparams = model_params(params)
   img = model.encode_image(mparams, batch["image"])
   txt = model.encode_text(mparams, batch["ids"])
   neg = model.encode_text(mparams, batch["ids"], prompt_scale * params["method"]["prompts"])

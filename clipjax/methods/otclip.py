@@ -41,15 +41,16 @@ for Sinkhorn variants, implicitly differentiated (``grad="implicit"``).
 Inference (METHODS.md §1.4), pure functions of image embeddings ``[n, d]`` and class text
 embeddings ``[C, d]``, transductive over the n test images: :func:`fgw_zeroshot` (semi-relaxed
 FGW, the paper's rule), :func:`fgw_zeroshot_ott` (balanced entropic FGW through ott, reference),
-:func:`prior_sinkhorn` (long-tailed, column marginal = label prior), :func:`partial_ot_selective`
-(selective classification by partial OT) and :func:`risk_coverage`. :func:`score_fn` adapts
+:func:`prior_sinkhorn` (long-tailed, column marginal = label prior) and
+:func:`partial_ot_selective` (selective classification by partial OT; its risk–coverage numbers
+come from ``clipjax.evaluation.metrics.selective_risk``). :func:`score_fn` adapts
 them to ``clipjax.evaluation.zeroshot``'s ``score_fn(zimg_bd, classifier)`` hook.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -71,7 +72,6 @@ __all__ = [
   "ot_plan",
   "partial_ot_selective",
   "prior_sinkhorn",
-  "risk_coverage",
   "score_fn",
 ]
 
@@ -496,28 +496,6 @@ def partial_ot_selective(
   k = max(1, math.ceil(coverage * n))
   selected = jnp.zeros((n,), bool).at[jnp.argsort(-conf_n)[:k]].set(True)
   return jnp.argmax(out.plan, axis=1), conf_n, selected
-
-
-def risk_coverage(
-  pred_n, confidence_n, labels_n, coverages: Sequence[float] = (0.5, 0.8, 1.0)
-) -> dict[str, float]:
-  """Selective risk (error rate among the most confident ⌈s·n⌉ samples) at each coverage s.
-
-  Also reports the area under the risk–coverage curve (`aurc`, mean risk over all prefixes).
-  """
-  pred_n, conf_n, labels_n = (np.asarray(v) for v in (pred_n, confidence_n, labels_n))
-  n = labels_n.shape[0]
-  if pred_n.shape != (n,) or conf_n.shape != (n,):
-    raise ValueError(
-      f"pred_n, confidence_n and labels_n must all be [n], got "
-      f"{pred_n.shape}, {conf_n.shape}, {labels_n.shape}"
-    )
-  order = np.argsort(-conf_n, kind="stable")
-  err = (pred_n[order] != labels_n[order]).astype(np.float64)
-  cum_risk = np.cumsum(err) / np.arange(1, n + 1)
-  out = {f"risk@{s:g}": float(cum_risk[max(1, math.ceil(s * n)) - 1]) for s in coverages}
-  out["aurc"] = float(cum_risk.mean())
-  return out
 
 
 def score_fn(rule: str, **kwargs: Any) -> Callable[[Any, Any], np.ndarray]:

@@ -31,12 +31,11 @@ matching are compared pair by pair. Also ``poison_keep``, ``poison_own``, ``clea
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from clipjax.methods.base import Embeddings
+from clipjax.methods.base import Embeddings, model_params
 
 __all__ = [
   "ENQUEUE",
@@ -47,7 +46,6 @@ __all__ = [
   "enqueue",
   "init_bank",
   "match_diagnostics",
-  "model_params",
   "rematch",
   "text_weights",
   "token_dropout",
@@ -55,11 +53,6 @@ __all__ = [
 
 POOLS = ("batch", "bank", "bank+batch")
 ENQUEUE = ("matching", "always")
-
-
-def model_params(params: dict[str, Any]) -> dict[str, Any]:
-  """The model's parameters (without a method's own under "method")."""
-  return {k: v for k, v in params.items() if k != "method"}
 
 
 def text_weights(mask_bl: jax.Array, *, exclude_sos: bool, exclude_eot: bool) -> jax.Array:

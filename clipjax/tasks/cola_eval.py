@@ -51,8 +51,8 @@ import ml_collections as mlc
 import numpy as np
 from etils import epath
 
+from clipjax import measure, runs
 from clipjax import model as model_lib
-from clipjax import runs
 from clipjax.attacks import Stochastic, build_attack
 from clipjax.data import registry, transforms
 from clipjax.data.tokenizer import Tokenizer
@@ -175,16 +175,6 @@ def _mask(indices: list[int], n: int) -> np.ndarray:
   out = np.zeros(n, bool)
   out[np.asarray(indices, np.int64)] = True
   return out
-
-
-def _timed(fn, *args, repeats=3):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
 
 
 def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -367,8 +357,8 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     views = jnp.asarray(
       np.repeat(np.asarray(x_b)[:, None], n_views, axis=1).reshape((-1,) + x_b.shape[1:])
     )
-    t_enc = _timed(enc, views)
-    t_full = _timed(predictors[name], x_b, keys[0])
+    t_enc = measure.time_calls(enc, views).wall
+    t_full = measure.time_calls(predictors[name], x_b, keys[0]).wall
     timing[name] = {"encoder_s": t_enc, "cola_s": t_full, "overhead": t_full / t_enc - 1.0}
   results["timing"] = timing
   (wdir / "results.md").write_text(format_results(results))

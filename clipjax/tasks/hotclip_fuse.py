@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from clipjax import measure, runs
 from clipjax import model as model_lib
-from clipjax import runs
 from clipjax.data import pipeline, registry
 from clipjax.data.sources import label_sets_of
 from clipjax.data.tokenizer import Tokenizer
@@ -37,42 +37,9 @@ from clipjax.fusion import hierarchical
 from clipjax.fusion import spec as spec_lib
 from clipjax.tasks import train as train_task
 
-__all__ = ["FUSIONS", "peak_rss_bytes", "peak_rss_reset", "run"]
+__all__ = ["FUSIONS", "run"]
 
 FUSIONS = ("hierarchical", "direct_ot", "average", "ensemble")
-
-
-def peak_rss_reset() -> bool:
-  """Resets the process's peak RSS (Linux `/proc/self/clear_refs`); False where unsupported."""
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
-
-
-def peak_rss_bytes() -> int | None:
-  """The process's peak resident set size since the last reset (VmHWM), or None."""
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    return None
-  return None
-
-
-def _rss_bytes() -> int | None:
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmRSS:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    return None
-  return None
 
 
 def _grid(config: mlc.ConfigDict) -> list[list[str]]:
@@ -222,15 +189,10 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
 
   def timed(name: str, fn: Callable[[], Any]) -> Any:
     n_loads[0] = 0
-    rss0 = _rss_bytes()
-    reset = peak_rss_reset()
-    start = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - start
-    peak = peak_rss_bytes()
+    out, seconds, growth = measure.peak_rss_growth(fn)
     info = {"fusion_seconds": seconds, "checkpoint_loads": n_loads[0]}
-    if reset and peak is not None and rss0 is not None:
-      info["peak_rss_growth_mb"] = (peak - rss0) / 2**20
+    if growth is not None:
+      info["peak_rss_growth_mb"] = growth / 2**20
     results[name] = info
     return out
 

@@ -28,6 +28,7 @@ from etils import epath
 from clipjax import checkpointing, config_lib, runs, sharding
 from clipjax import methods as methods_lib
 from clipjax import metrics as metrics_lib
+from clipjax.methods.base import METHOD_PARAMS
 from clipjax.train import data_setup, optim, periodic_eval
 from clipjax.train.state import TrainState
 from clipjax.train.step import train_step
@@ -108,7 +109,7 @@ def _init_params(model, stages: list[Stage], rng: jax.Array) -> dict[str, Any]:
       if k not in extra:
         extra[k] = v
   if extra:
-    params["method"] = extra
+    params[METHOD_PARAMS] = extra
   return params
 
 

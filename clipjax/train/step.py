@@ -13,16 +13,12 @@ import jax.numpy as jnp
 import optax
 
 from clipjax.methods import Embeddings, Method
+from clipjax.methods.base import model_params
 from clipjax.train.optim import clamp_logit_scale
 from clipjax.train.state import TrainState
 from clipjax.tree import all_finite
 
-__all__ = ["forward", "model_params", "train_step"]
-
-
-def model_params(params: dict[str, Any]) -> dict[str, Any]:
-  """The model's own parameters (without a method's extra `params["method"]`)."""
-  return {k: v for k, v in params.items() if k != "method"}
+__all__ = ["forward", "train_step"]
 
 
 def forward(

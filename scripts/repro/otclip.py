@@ -107,6 +107,7 @@ def infer(workdir: str, n_test: int, aa_grid: list[float]) -> dict:
   from clipjax import model as model_lib
   from clipjax.data.tokenizer import Tokenizer
   from clipjax.evaluation import zeroshot
+  from clipjax.evaluation.metrics import selective_risk
   from clipjax.methods import otclip
 
   model = model_lib.load(workdir)
@@ -148,7 +149,7 @@ def infer(workdir: str, n_test: int, aa_grid: list[float]) -> dict:
       lt_prior_mpcr=_mpcr(s_prior, yl, c),
     )
     prob = np.asarray(jax.nn.softmax(scale * (zte @ t_cd.T), axis=1))
-    msp = otclip.risk_coverage(prob.argmax(1), prob.max(1), y, (0.5, 0.8, 1.0))
+    msp = selective_risk(prob.max(1), prob.argmax(1) == y, (0.5, 0.8, 1.0))
     r.update({f"sel_msp_{k}": float(v) for k, v in msp.items()})
     for s in (0.5, 0.8):
       pred, _, sel = otclip.partial_ot_selective(zte, t_cd, coverage=s, epsilon=eps)

@@ -1,9 +1,7 @@
 """File sources and converters: CSV/JSONL folders, webdataset tars, array_record, TFDS."""
 
-import importlib.util
 import io
 import json
-import pathlib
 import tarfile
 
 import numpy as np
@@ -24,16 +22,11 @@ from clipjax.data.sources import (
 )
 from clipjax.data.transforms import as_uint8_rgb
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
 
 def _prepare():
-  spec = importlib.util.spec_from_file_location(
-    "prepare_image_text", ROOT / "scripts" / "prepare_image_text.py"
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.main
+  from clipjax.data import prepare
+
+  return prepare.main
 
 
 def _image(i):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from clipjax.evaluation import plots
-from clipjax.methods import otclip
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -35,25 +34,6 @@ def captured(monkeypatch):
 
   monkeypatch.setattr(plots, "_save", spy)
   return figs
-
-
-def test_risk_coverage_curve_by_hand():
-  conf = np.array([0.9, 0.1, 0.5, 0.7, 0.5])
-  correct = np.array([True, False, False, True, True])
-  cov, risk = plots.risk_coverage_curve(conf, correct)
-  # Kept in order 0.9 (ok), 0.7 (ok), 0.5 (wrong, first of the tie), 0.5 (ok), 0.1 (wrong).
-  np.testing.assert_allclose(cov, [0.2, 0.4, 0.6, 0.8, 1.0])
-  np.testing.assert_allclose(risk, [0, 0, 1 / 3, 1 / 4, 2 / 5])
-
-
-def test_risk_coverage_curve_matches_otclip_risk_coverage():
-  rng = np.random.default_rng(0)
-  conf, labels, pred = rng.random(101), rng.integers(0, 3, 101), rng.integers(0, 3, 101)
-  cov, risk = plots.risk_coverage_curve(conf, pred == labels)
-  ref = otclip.risk_coverage(pred, conf, labels, coverages=(0.5, 0.8, 1.0))
-  for s in (0.5, 0.8, 1.0):
-    assert risk[np.searchsorted(cov, s - 1e-12)] == pytest.approx(ref[f"risk@{s:g}"])
-  assert risk.mean() == pytest.approx(ref["aurc"])
 
 
 def test_pca_2d_matches_sklearn():

@@ -24,27 +24,6 @@ def perm_matrix(perm):
   return np.eye(len(perm), dtype=np.float32)[perm]
 
 
-def random_maps(spec, config, seed, *, residual=True):
-  """Function-preserving random permutation maps for every map of a ViT spec."""
-  rng = np.random.default_rng(seed)
-  w, heads, mlp = config.vision.width, config.vision.heads, config.vision.mlp_dim
-  dh = w // heads
-  res = perm_matrix(rng.permutation(w))
-  maps = {}
-  for b in range(config.vision.layers):
-    pi = rng.permutation(heads)
-    for name in ("qk", "v"):
-      within = [rng.permutation(dh) for _ in range(heads)]
-      perm = np.concatenate([pi[h] * dh + within[h] for h in range(heads)])
-      maps[f"{name}/{b}"] = perm_matrix(perm)
-    maps[f"mlp/{b}"] = perm_matrix(rng.permutation(mlp))
-  for name in spec.map_names():
-    if name not in maps:
-      assert residual, name
-      maps[name] = res
-  return maps
-
-
 def visual_close(a, b, atol):
   fa = dict(tree_lib.flatten_with_names(a["visual"]))
   fb = dict(tree_lib.flatten_with_names(b["visual"]))
@@ -230,7 +209,7 @@ def test_alignment_activations_are_the_models_own(wide, pixels):
 @pytest.mark.parametrize("residual", ["mean", "shared", "none"])
 def test_random_permutation_preserves_function(model, pixels, residual):
   spec = fusion.vit_spec_for(model.config, residual=residual, head_mode="per_head")
-  maps = random_maps(spec, model.config, 1, residual=residual != "none")
+  maps = fusion.random_permutation_maps(spec, model.config, np.random.default_rng(1))
   permuted = fusion.apply_maps(model.params, spec, maps)
   assert not visual_close(permuted, model.params, 1e-2)
   outputs_close(model, permuted, model.params, pixels)
@@ -250,7 +229,7 @@ def test_random_permutation_preserves_function(model, pixels, residual):
 )
 def test_permutation_recovery(model, pixels, residual, head_mode, options):
   spec = fusion.vit_spec_for(model.config, residual=residual, head_mode=head_mode)
-  maps = random_maps(spec, model.config, 2, residual=residual != "none")
+  maps = fusion.random_permutation_maps(spec, model.config, np.random.default_rng(2))
   permuted = fusion.apply_maps(model.params, spec, maps)
   acts_fn = fusion.vit_activations(model, pixels)
   aligned = fusion.align_params(permuted, model.params, spec, options, acts_fn=acts_fn)

@@ -19,22 +19,6 @@ def spec(model):
   return fusion.vit_spec_for(model.config, residual="mean", head_mode="per_head")
 
 
-def perm_maps(spec, config, rng):
-  w, heads, mlp = config.vision.width, config.vision.heads, config.vision.mlp_dim
-  dh = w // heads
-  eye = lambda p: np.eye(len(p), dtype=np.float32)[p]
-  res = eye(rng.permutation(w))
-  maps = {}
-  for b in range(config.vision.layers):
-    pi = rng.permutation(heads)
-    for name in ("qk", "v"):
-      maps[f"{name}/{b}"] = eye(
-        np.concatenate([pi[h] * dh + rng.permutation(dh) for h in range(heads)])
-      )
-    maps[f"mlp/{b}"] = eye(rng.permutation(mlp))
-  return {n: maps.get(n, res) for n in spec.map_names()}
-
-
 @pytest.fixture(scope="module")
 def grid(model, spec):
   """[a][t] host copies of randomly permuted, slightly perturbed submodels, and the unpermuted
@@ -49,7 +33,7 @@ def grid(model, spec):
       )
       noisy = {**noisy, "text": model.params["text"]}
       # Every submodel but the final anchor (0, 0) is in its own random basis.
-      maps = perm_maps(spec, model.config, rng)
+      maps = fusion.random_permutation_maps(spec, model.config, rng)
       permuted = fusion.apply_maps(noisy, spec, maps) if (a, t) != (0, 0) else noisy
       row.append(jax.tree.map(np.asarray, permuted))
       plain_row.append(noisy)

@@ -338,7 +338,7 @@ def test_score_fn_plugs_into_zeroshot_hook():
     otclip.score_fn("lp")
 
 
-def test_partial_ot_selective_drops_outliers_and_risk_coverage():
+def test_partial_ot_selective_drops_outliers():
   x, t, labels = _clusters(n_per=(6, 6, 6), spread=0.2)
   # Two outliers far from every class (antipodal to the mean class direction).
   far = -np.asarray(_unit(jnp.asarray(t.sum(0, keepdims=True))))
@@ -348,14 +348,8 @@ def test_partial_ot_selective_drops_outliers_and_risk_coverage():
   assert int(np.sum(sel)) == math.ceil(0.8 * n)
   assert not sel[-1] and not sel[-2]
   assert np.all((conf >= 0) & (conf <= 1 + 1e-4))
-  rc = otclip.risk_coverage(pred[:-2], conf[:-2], labels, coverages=(0.5, 1.0))
-  assert set(rc) == {"risk@0.5", "risk@1", "aurc"}
-  # Known answer: confidences order the errors last.
-  rc = otclip.risk_coverage(
-    np.array([0, 1, 1, 0]), np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 1, 0, 1]), (0.5, 0.75, 1.0)
-  )
-  want = {"risk@0.5": 0.0, "risk@0.75": 1 / 3, "risk@1": 0.5, "aurc": (1 / 3 + 0.5) / 4}
-  assert rc == pytest.approx(want)
+  # The clustered images are all classified right, so every selective risk is 0.
+  assert np.all(np.asarray(pred[:-2]) == labels)
 
 
 def test_smoke_config_trains_through_loop(tmp_path):

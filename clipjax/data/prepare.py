@@ -16,10 +16,10 @@ Bad examples (missing file, no caption, non-UTF-8 caption, undecodable image) ar
 listed in ``OUT/prepare_info.json``.
 
 Usage:
-  python scripts/prepare_image_text.py --input captions.csv --output /data/mine
-  python scripts/prepare_image_text.py --input /data/cc3m_wds --output /data/cc3m_ar \
+  python -m clipjax.data.prepare --input captions.csv --output /data/mine
+  python -m clipjax.data.prepare --input /data/cc3m_wds --output /data/cc3m_ar \
       --examples_per_shard 10000
-  python scripts/prepare_image_text.py --input '/data/cc3m_wds/{00000..00331}.tar' \
+  python -m clipjax.data.prepare --input '/data/cc3m_wds/{00000..00331}.tar' \
       --output /data/cc3m_ar
 """
 
