@@ -248,7 +248,8 @@ def _map_paths(argv: list[str], root: pathlib.Path, workdirs: dict[str, str]) ->
       workdirs[value] = str(root / re.sub(r"\W", "_", value))
       out.append(f"--workdir={workdirs[value]}")
       continue
-    for path in re.findall(r"(?:/tmp/|runs/)[\w./-]+", a):
+    # Whole paths only: a checkout under a directory named runs/ is not a documented workdir.
+    for path in re.findall(r"(?<![\w./-])(?:/tmp/|runs/)[\w./-]+", a):
       a = a.replace(path, workdirs.get(path, workdirs.get("__quickstart__", path)))
     out.append(a)
   return out
