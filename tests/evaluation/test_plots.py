@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from clipjax.evaluation import plots
+from clipjax.evaluation import metrics, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -90,7 +90,7 @@ def test_plot_robustness_draws_the_given_numbers(tmp_path, captured):
 
 
 def test_plot_risk_coverage(tmp_path, captured):
-  cov, risk = plots.risk_coverage_curve(np.arange(10.0), np.arange(10) % 3 == 0)
+  cov, risk = metrics.risk_coverage_curve(np.arange(10.0), np.arange(10) % 3 == 0)
   path = plots.plot_risk_coverage(
     {"msp": (cov, risk), "ot": ([0.5, 1], [0.1, 0.2])}, tmp_path / "rc.png"
   )
@@ -178,4 +178,4 @@ def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
   with pytest.raises(ImportError, match=r"pip install 'clipjax\[plot\]'"):
     plots.plot_risk_coverage({"x": ([1.0], [0.0])}, tmp_path / "x.png")
   # The pure helpers need no matplotlib.
-  assert plots.risk_coverage_curve([1.0], [True])[1].tolist() == [0.0]
+  assert plots.pca_2d(np.eye(3))[0].shape == (3, 2)
