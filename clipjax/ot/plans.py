@@ -30,8 +30,8 @@ Gradient policy (``grad``), always explicit:
 * ``"implicit"``: implicit differentiation of the optimality conditions (ott's ``ImplicitDiff``);
   iterations stop at ``threshold``. The linear system is solved by conjugate gradients on the
   normal equations; where that breaks down (a zero right-hand side, a singular system at small ε
-  or for a 1 × 1 problem) it falls back to a dense minimum-norm least-squares solve, and to 0
-  (the gradient with the potentials held fixed) if even that is not finite — never a crash or
+  or for a 1 × 1 problem) it falls back to a dense minimum-norm least-squares solve (systems of
+  ≤ 64 unknowns), and else to 0 (the gradient with the potentials held fixed) — never a crash or
   a NaN (``tests/ot/test_numerics_grid.py``).
 * ``"unroll"``: exactly ``max_iterations`` iterations, differentiated by backpropagation
   through the loop (OT-CLIP's training losses, K = 5 in the reference code).
@@ -261,6 +261,11 @@ def sinkhorn(
   )
 
 
+# Materialising the implicit system applies it to every basis vector: memory ∝ size²·(n + m),
+# compiled in even when the fallback is not taken, so only small systems get the dense solve.
+_LSTSQ_MAX_SIZE = 64
+
+
 class _GuardedNormalCG(lx.AbstractLinearSolver):
   """Implicit-differentiation linear solver that returns a finite answer or a least-squares one.
 
@@ -270,9 +275,10 @@ class _GuardedNormalCG(lx.AbstractLinearSolver):
   become a permutation at small ε) or the system is numerically singular. This solver runs the
   same conjugate gradients on the normal equations with the right-hand side scaled to unit norm
   (exact: the system is linear), and where that fails or is not finite, the minimum-norm
-  least-squares solution of the materialised system (``jnp.linalg.lstsq``; [n, n] with n the
-  smaller side, only computed when needed). If that too is non-finite it returns 0, i.e. the
-  gradient with the potentials held fixed. ott builds it as ``nonsym_solver(rtol=, atol=)``.
+  least-squares solution of the materialised system (``jnp.linalg.lstsq``, only for systems of
+  at most 64 unknowns: materialising costs memory ∝ size²·(n + m)). Otherwise, or if that too
+  is non-finite, it returns 0, i.e. the gradient with the potentials held fixed. ott builds it
+  as ``nonsym_solver(rtol=, atol=)``.
   """
 
   rtol: float
@@ -295,12 +301,15 @@ class _GuardedNormalCG(lx.AbstractLinearSolver):
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(sol)]))
     cg_ok = (result == lx.RESULTS.successful) & finite
 
-    def lstsq():
-      flat, unravel = ravel_pytree(vector)
+    flat, unravel = ravel_pytree(vector)
+
+    def fallback():
+      if flat.size > _LSTSQ_MAX_SIZE:
+        return jax.tree.map(jnp.zeros_like, sol)
       x = jnp.linalg.lstsq(operator.as_matrix(), flat)[0]
       return unravel(jnp.where(jnp.all(jnp.isfinite(x)), x, 0.0))
 
-    sol = jax.lax.cond(scale > 0, lambda: jax.lax.cond(cg_ok, lambda: sol, lstsq), lambda: sol)
+    sol = jax.lax.cond(scale > 0, lambda: jax.lax.cond(cg_ok, lambda: sol, fallback), lambda: sol)
     sol = jax.tree.map(lambda x: jnp.where(scale > 0, x, 0.0), sol)
     return sol, lx.RESULTS.successful, stats
 
