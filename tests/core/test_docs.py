@@ -250,6 +250,8 @@ def _map_paths(argv: list[str], root: pathlib.Path, workdirs: dict[str, str]) ->
       continue
     # Whole paths only: a checkout under a directory named runs/ is not a documented workdir.
     for path in re.findall(r"(?<![\w./-])(?:/tmp/|runs/)[\w./-]+", a):
+      if path.startswith(str(REPO)):
+        continue  # a file of this checkout, which may itself live under /tmp/
       a = a.replace(path, workdirs.get(path, workdirs.get("__quickstart__", path)))
     out.append(a)
   return out

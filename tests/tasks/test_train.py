@@ -323,6 +323,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
 
 
 def test_second_ctrl_c_exits_at_once(monkeypatch):
+  before = signal.getsignal(signal.SIGINT)  # pytest-xdist workers start with SIG_IGN
   flag = checkpointing.PreemptionFlag(distributed=False)
   exits = []
   monkeypatch.setattr(checkpointing.os, "_exit", exits.append)
@@ -333,4 +334,4 @@ def test_second_ctrl_c_exits_at_once(monkeypatch):
     assert exits == [128 + signal.SIGINT]  # the second does not wait for it
   finally:
     flag.restore_handler()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) == before
