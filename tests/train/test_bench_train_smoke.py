@@ -27,7 +27,10 @@ def test_bench_train_quick_writes_rows(tmp_path):
   for r in rows:
     assert r["flops_per_step"] > 0 and r["step_s"] > 0, r
     assert math.isclose(r["examples_per_s"], r["batch"] / r["step_s"]), r
-    assert 0 < r["mfu"] < 1, r
+    # MFU is a ratio of two timings on whatever machine runs this: it is checked for its
+    # definition, not for a bound (under load the peak's timing can lose to the step's).
+    assert r["mfu"] > 0, r
+    assert math.isclose(r["mfu"], r["flops_per_step"] / r["step_s"] / res["matmul_flops_per_s"]), r
   assert next(r for r in rows if r["loss"] == "infonce")["ot_overhead"] == 1.0
   scaling = res["ot_scaling"]
   assert {(r["devices"], r["n"]) for r in scaling} == {(1, 64), (1, 128), (8, 64), (8, 128)}
