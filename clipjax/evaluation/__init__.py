@@ -25,6 +25,7 @@ from clipjax.evaluation.robustness import (
   backdoor_success_rate,
   poisoning_success_rate,
   robust_accuracy,
+  zeroshot_robustness,
 )
 from clipjax.evaluation.zeroshot import (
   ZeroShotClassifier,
@@ -58,5 +59,6 @@ __all__ = [
   "recall_at_k",
   "robust_accuracy",
   "split_train_val",
+  "zeroshot_robustness",
   "zeroshot_scores",
 ]

@@ -4,6 +4,7 @@
 batch, checks that every adversarial image lies in its ε-ball and in [0, 1], and reports clean
 accuracy, robust accuracy per attack and under the per-example worst case over all attacks
 (an example counts as robust only if it is classified correctly clean and under every attack).
+`zeroshot_robustness` does it for a zero-shot head on an image encoder, as one flat row.
 
 Attack success rates (ASR), with the ground truth kept by `clipjax.data.corrupt`:
 
@@ -29,6 +30,7 @@ __all__ = [
   "backdoor_success_rate",
   "poisoning_success_rate",
   "robust_accuracy",
+  "zeroshot_robustness",
 ]
 
 
@@ -152,6 +154,44 @@ def robust_accuracy(
     "seconds": seconds,
     "examples_per_second": n / seconds,
   }
+
+
+def zeroshot_robustness(
+  encode_image: Callable[[jax.Array], jax.Array],
+  batches: Iterable[Mapping[str, Any]],
+  weights_cd: jax.Array,
+  logit_scale: float,
+  attacks: Sequence[Mapping[str, Any]],
+  *,
+  key: jax.Array,
+  label_key: str,
+  max_examples: int | None = None,
+) -> dict[str, Any]:
+  """`robust_accuracy` of the zero-shot classifier `logit_scale · encode_image(x) @ weights_cdᵀ`.
+
+  Args:
+    encode_image: `pixels_bhwc in [0, 1] -> emb_bd` (L2-normalised, differentiable).
+    batches, attacks, key, label_key, max_examples: as in `robust_accuracy`.
+    weights_cd: [c, d] class embeddings (`zeroshot.build_classifier(...).weights_cd`).
+    logit_scale: multiplies the cosine similarities.
+
+  Returns:
+    `n`, `clean_acc`, `robust_acc_worst` (per-example worst case over the attacks),
+    `robust_acc/<attack label>` per attack and `eval_seconds`.
+  """
+  res = robust_accuracy(
+    lambda x: logit_scale * (encode_image(x) @ weights_cd.T),
+    batches,
+    attacks,
+    key=key,
+    label_key=label_key,
+    max_examples=max_examples,
+  )
+  out = {"n": res["n"], "clean_acc": res["clean_acc"], "robust_acc_worst": res["robust_acc"]}
+  for a in res["attacks"]:
+    out[f"robust_acc/{a['label']}"] = a["robust_acc"]
+  out["eval_seconds"] = res["seconds"]
+  return out
 
 
 def attack_success_rate(

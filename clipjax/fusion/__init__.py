@@ -4,6 +4,7 @@
 * `align`: neuron representations, transport maps (exact or Sinkhorn), propagation (`align_params`).
 * `fuse`: weighted averaging of models aligned to an anchor (`fuse`, `fuse_stream`).
 * `hierarchical`: HOT-CLIP's two-level fusion and its baselines.
+* `grid`: one of those on an [attack][prompt] grid of submodels, with its cost (`fuse_grid`).
 
 The package attribute `clipjax.fusion.fuse` is the function; import module-level names with
 `from clipjax.fusion.fuse import FusionAccumulator` (or from the package).
@@ -21,6 +22,7 @@ from clipjax.fusion.align import (
   vit_map_acts,
 )
 from clipjax.fusion.fuse import Fused, FusionAccumulator, fuse, fuse_stream, l2_distance
+from clipjax.fusion.grid import fuse_grid, identity_mass
 from clipjax.fusion.hierarchical import (
   Hierarchical,
   direct_average,
@@ -55,8 +57,10 @@ __all__ = [
   "direct_ot",
   "ensemble_encode_image",
   "fuse",
+  "fuse_grid",
   "fuse_stream",
   "hierarchical_fuse",
+  "identity_mass",
   "l2_distance",
   "random_permutation_maps",
   "resolve",

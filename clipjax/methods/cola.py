@@ -40,8 +40,8 @@ iterations, the entropy weights and the views (the exact gradient of the compute
 ``"envelope"`` keeps the plan constant (the envelope-theorem gradient ``P ⊙ ∂C``, a BPDA-style
 surrogate). Predictions are the same under both.
 
-COLA trains nothing, so ``METHODS`` registers no training method; the classifier is used through
-``clipjax.tasks.cola_eval`` (config task ``cola_eval``).
+COLA trains nothing, so ``METHODS`` registers no training method; the classifier is evaluated by
+``clipjax.evaluation.cola_protocol`` (run on a checkpoint by the config task ``cola_eval``).
 """
 
 import dataclasses

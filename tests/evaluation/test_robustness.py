@@ -6,22 +6,10 @@ import numpy as np
 import pytest
 
 from clipjax.attacks import Stochastic
-from clipjax.evaluation import robust_accuracy
+from clipjax.evaluation import robust_accuracy, zeroshot_robustness
 
 H, W, C = 4, 4, 3
 D = H * W * C
-
-
-def setup(seed=0, n=12):
-  """Two classes, logits x·w and −x·w: the ℓ∞ margin of example i is |x_i·w| / ‖w‖₁."""
-  rng = np.random.default_rng(seed)
-  w = rng.normal(size=(D,)).astype(np.float32)
-  w_dk = jnp.asarray(np.stack([w, -w], axis=1))
-  logits_fn = lambda x: x.reshape(x.shape[0], D) @ w_dk
-  x = rng.uniform(0.3, 0.7, size=(n, H, W, C)).astype(np.float32)
-  y = (x.reshape(n, D) @ w < 0).astype(np.int32)
-  radius = np.abs(x.reshape(n, D) @ w) / np.abs(w).sum()
-  return logits_fn, x, y, radius
 
 
 def batches_of(x, y, size):
@@ -38,8 +26,8 @@ def batches_of(x, y, size):
   return out
 
 
-def test_robust_accuracy_matches_closed_form_and_is_monotone():
-  logits_fn, x, y, radius = setup()
+def test_robust_accuracy_matches_closed_form_and_is_monotone(linear_two_class):
+  logits_fn, x, y, radius, _ = linear_two_class()
   eps_small, eps_large = np.quantile(radius, 0.3), np.quantile(radius, 0.7) + 1e-4
   # Avoid examples sitting exactly at an ε boundary.
   assert np.min(np.abs(radius - eps_small)) > 1e-5 and np.min(np.abs(radius - eps_large)) > 1e-5
@@ -65,8 +53,8 @@ def test_robust_accuracy_matches_closed_form_and_is_monotone():
   assert capped["n"] == 7
 
 
-def test_stochastic_defence_and_errors():
-  logits_fn, x, y, radius = setup(seed=1, n=6)
+def test_stochastic_defence_and_errors(linear_two_class):
+  logits_fn, x, y, radius, _ = linear_two_class(seed=1, n=6)
   noisy = Stochastic(lambda z, key: logits_fn(z) + 1e-3 * jax.random.normal(key, (z.shape[0], 2)))
   spec = {"name": "pgd", "eps": 1.0, "step_size": 0.5, "steps": 3, "eot_draws": 2}
   got = robust_accuracy(noisy, batches_of(x, y, 6), [spec], key=jax.random.key(1, impl="rbg"))
@@ -84,3 +72,28 @@ def test_stochastic_defence_and_errors():
     robust_accuracy(logits_fn, batches_of(x, y, 6), [spec, spec], key=jax.random.key(1))
   with pytest.raises(ValueError, match="at least one attack"):
     robust_accuracy(logits_fn, batches_of(x, y, 6), [], key=jax.random.key(1))
+
+
+def test_zeroshot_robustness_row_is_the_linear_head_under_attack(linear_two_class):
+  _, x, y, radius, w = linear_two_class(seed=1)
+  eps = float(np.quantile(radius, 0.5))
+  batches = [{**b, "labels": {"shape": b["label"]}} for b in batches_of(x, y, 5)]
+  row = zeroshot_robustness(
+    lambda px: px.reshape(px.shape[0], D) / 2,
+    batches,
+    jnp.asarray(np.stack([w, -w])),
+    2.0,  # undoes the encoder's 1/2: logits x·w and -x·w
+    [{"name": "fgsm", "eps": eps, "label": "fgsm@median"}],
+    key=jax.random.key(0),
+    label_key="labels/shape",
+    max_examples=10,
+  )
+  assert row["n"] == 10 and row["clean_acc"] == 1.0
+  assert row["robust_acc/fgsm@median"] == row["robust_acc_worst"] == np.mean(radius[:10] > eps)
+  assert set(row) == {
+    "n",
+    "clean_acc",
+    "robust_acc_worst",
+    "robust_acc/fgsm@median",
+    "eval_seconds",
+  }

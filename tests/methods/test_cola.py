@@ -243,6 +243,7 @@ def test_config_many_world_has_more_text_features_than_width():
 def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
   from clipjax import config_lib, runs
   from clipjax.attacks import Stochastic
+  from clipjax.evaluation import cola_protocol
   from clipjax.tasks import cola_eval as cola_task
 
   config = _smoke_config()
@@ -281,7 +282,7 @@ def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
   )
 
   # An interrupted run resumes from results.partial.json and matches the fresh run.
-  real_build, real_put = cola_task.build_attack, cola_task._Progress.put
+  real_build, real_put = cola_protocol.build_attack, cola_task._Progress.put
   calls = []
 
   def put_then_die(self, step, value):
@@ -313,7 +314,7 @@ def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
     cola_task.run(other, str(wdir))
 
   calls.clear()
-  monkeypatch.setattr(cola_task, "build_attack", counted)
+  monkeypatch.setattr(cola_protocol, "build_attack", counted)
   resumed = cola_task.run(config, str(wdir))
   # The transfer PGD on the base classifier was not recomputed; everything after it was.
   assert ("pgd", False) not in calls
