@@ -183,6 +183,27 @@ def test_fuse_config_arguments_select_fusions_and_attacks():
     _config("hotclip_fuse", "eval_attacks=all")
 
 
+def test_fuse_task_checks_the_grid_and_fusions_before_writing(tmp_path):
+  from clipjax.tasks import hotclip_fuse as task
+
+  sub = runs.save_params_workdir({"x": np.zeros(2, np.float32)}, {"model": {}}, str(tmp_path / "s"))
+  out = tmp_path / "out"
+  config = _config("hotclip_fuse", "smoke")
+  for workdirs, error, match in [
+    ([], ValueError, "non-empty"),
+    ([[sub], []], ValueError, "non-empty"),
+    ([[sub, str(tmp_path / "missing")]], FileNotFoundError, r"workdirs\[0\]\[1\] = .*missing"),
+  ]:
+    config.workdirs = workdirs
+    with pytest.raises(error, match=match):
+      task.run(config, str(out))
+  config.workdirs = [[sub]]
+  config.fusions = ["average", "avg"]
+  with pytest.raises(ValueError, match=r"unknown entries \['avg'\]; valid: \['hierarchical'"):
+    task.run(config, str(out))
+  assert not out.exists()
+
+
 def test_submodel_smoke_trains_only_the_visual_tower(tmp_path):
   config = _config("hotclip_submodel", "smoke,attack=mim,prompt=1")
   assert config.data.train_labels == ["shape"]
