@@ -40,6 +40,7 @@ __all__ = [
   "open_run",
   "read_json",
   "read_run_config",
+  "trained_tokenizer",
   "save_params_workdir",
   "write_json",
 ]
@@ -229,6 +230,14 @@ def save_params_workdir(params: dict, run_config: dict[str, Any], path: str) -> 
   finally:
     ckpt.close()
   return str(wdir)
+
+
+def trained_tokenizer(path: str) -> str:
+  """`data.tokenizer` of the clipjax run at `path`; "" (OpenAI's) for any other checkpoint."""
+  p = epath.Path(path)
+  if not ((p / "checkpoints").is_dir() and (p / CONFIG).exists()):
+    return ""
+  return (read_run_config(path).get("data") or {}).get("tokenizer") or ""
 
 
 def read_run_config(workdir: str) -> dict[str, Any]:

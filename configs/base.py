@@ -39,17 +39,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     steps=4 * config_lib.QUICKSTART_STEPS,
   )
   c = config_lib.train_config()
-  config_lib.apply_shapes_recipe(c)
+  config_lib.apply_shapes_recipe(c, arg.world)
   c.seed = arg.seed
   c.total_steps = arg.steps
-  train = config_lib.shapes_world(arg.world, "train")
   if arg.noise:
     if not 0.0 < arg.noise < 1.0:
       raise ValueError(f"noise is a fraction of pairs in (0, 1), got {arg.noise}")
-    train["corrupt"] = {"kind": "noisy", "fraction": arg.noise, "seed": 0}
-  c.data.train = train
-  c.data.context_length = config_lib.shapes_context_length(arg.world)
-  c.eval.datasets = {"shapes_test": config_lib.shapes_world(arg.world, "test")}
+    c.data.train.corrupt = {"kind": "noisy", "fraction": arg.noise, "seed": 0}
   c.eval.every_steps = arg.steps // 4
   c.checkpoint.every_steps = arg.steps // 8
   if arg.smoke:

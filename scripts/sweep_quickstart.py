@@ -59,6 +59,8 @@ def _settings(workdir: str) -> dict:
     for part in key.split("."):
       node = node[part]
     keep[key] = node
+  if "train" in cfg["data"]:
+    keep["data.train"] = cfg["data"]["train"]
   keep["model.overrides"] = cfg["model"]["overrides"]
   return keep
 
@@ -140,14 +142,29 @@ def cmd_table(args) -> None:
     records.extend(loaded if isinstance(loaded, list) else [loaded])
   if args.records:
     _write_json(args.records, records)
-  print("| run | settings | CPU s / step | step | " + " | ".join(k for k, _ in METRICS) + " |")
-  print("|---|---|---|---|" + "---|" * len(METRICS))
-  for r in records:
+  flats = [_flat(r["settings"]) for r in records]
+  keys = sorted({k for f in flats for k in f} - {"total_steps"})
+  varying = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+  print(
+    "| run | settings that differ | CPU s / step | wall (load) | step | "
+    + " | ".join(k for k, _ in METRICS)
+    + " |"
+  )
+  print("|---|---|---|---|---|" + "---|" * len(METRICS))
+  for r, flat in zip(records, flats):
     steps = r["settings"]["total_steps"]
-    settings = ", ".join(f"{k}={v}" for k, v in _flat(r["settings"]).items() if k != "total_steps")
+    settings = ", ".join(f"{k}={flat.get(k, '–')}" for k in varying) or "–"
+    load = r.get("load_avg_start_end") or []
+    wall = "–" if r.get("wall_s") is None else f"{r['wall_s'] / 60:.1f} min"
+    if load:
+      wall += f" ({load[0]}–{load[-1]})"
     for i, e in enumerate(r["evals"]):
-      head = f"{r['name']} | {settings} | {r['cpu_s'] / steps:.2f}" if i == 0 else " | | "
+      head = (
+        f"{r['name']} | {settings} | {r['cpu_s'] / steps:.2f} | {wall}" if i == 0 else " | | | "
+      )
       print(f"| {head} | {e['step']} | " + " | ".join(_fmt(e.get(k)) for k, _ in METRICS) + " |")
+  common = [k for k in keys if k not in varying]
+  print("\nCommon to all runs: " + ", ".join(f"{k}={flats[0][k]}" for k in common) + ".")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

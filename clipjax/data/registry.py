@@ -8,12 +8,13 @@ are drawn from, default "test").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from clipjax.data import corrupt, digits, sources, synthetic
 
-__all__ = ["CORRUPTIONS", "SOURCES", "build_source"]
+__all__ = ["CORRUPTIONS", "SOURCES", "build_source", "world_vocabulary_texts"]
 
 
 def _synthetic(image_size: int, **kw: Any) -> Any:
@@ -76,3 +77,14 @@ def build_source(spec: Mapping[str, Any], image_size: int) -> Any:
     image_source = SOURCES[name](image_size, **{**spec, "split": image_split})
     return corrupt.TargetedPoisoning(source, image_source, **corruption)
   raise ValueError(f"Unknown corruption kind {kind!r} in data spec; valid kinds: {CORRUPTIONS}.")
+
+
+def world_vocabulary_texts() -> list[str]:
+  """Every word the built-in worlds (shapes, digits) write in captions and prompts.
+
+  The shipped tokenizer `clipjax:worlds` is OpenAI's BPE restricted to these texts
+  (`tokenizer.subset_bpe`): it splits them exactly as CLIP does, with a compact vocabulary.
+  """
+  fields = re.compile(r"\{\w*\}")
+  texts = [fields.sub(" ", t) for t in (*digits.CAPTION_TEMPLATES, *digits.LABEL_TEMPLATES)]
+  return [*synthetic.vocabulary_texts(), *texts, *digits.DIGIT_WORDS]

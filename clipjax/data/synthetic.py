@@ -14,6 +14,11 @@ Options (all off by default; the default world is unchanged by them), each with 
 * ``long_tail=r``: colour+shape combinations follow an exponential profile whose most and
   least frequent classes differ by the factor ``r``; ``class_prior(name)`` gives the exact prior
   of each label set for that split.
+* ``partial_captions=p``: with probability ``p`` an example's ``caption`` names only a random
+  non-empty subset of its attributes ("a red shape", "a small circle in the top left"), as web
+  captions do; ``captions`` still lists the full ones. Without it, one-attribute prompts such as
+  "a red shape." are never seen in training and their text embeddings drift as shape is learned
+  (the quickstart's colour accuracy fell from 98 % at step 250 to 91 % at step 1000).
 * ``label_templates="rich"``: twelve prompt templates per label set instead of three; with all
   seven shapes and eleven colours (``shapes=SHAPES, colours=tuple(COLOURS)``) the colour+shape
   label set then has 77 classes x 12 descriptions, more than a tiny model's embedding width.
@@ -31,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -170,6 +176,14 @@ _LABEL_TEMPLATES = {
   "fill": ("a {} shape.", "one {} object.", "something {} in the picture."),
 }
 
+_PARTIAL_SUBSETS = tuple(
+  keep
+  for n in range(1, 4)
+  for keep in itertools.combinations(("size", "colour", "shape", "pos"), n)
+)
+"""The non-empty proper subsets of the attributes a partial caption may name (14)."""
+_PARTIAL_NOUNS = ("shape", "object", "thing", "figure")
+
 DETAIL_SEP = "; beside it a tiny "
 """Separates a caption's main object from the second object (``second_object=True``)."""
 SPLITS = ("train", "val", "test")
@@ -221,6 +235,27 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
   raise ValueError(f"unknown shape {shape!r}")
 
 
+def vocabulary_texts() -> list[str]:
+  """Every word any shapes world writes: caption and prompt templates, attribute names
+  (part of `registry.world_vocabulary_texts`, the texts of the shipped `clipjax:worlds`
+  tokenizer)."""
+  prompts = [
+    t for table in (_LABEL_TEMPLATES, _LABEL_TEMPLATES_RICH) for ts in table.values() for t in ts
+  ]
+  fields = re.compile(r"\{\w*\}")
+  return [
+    *(fields.sub(" ", t) for t in (*CAPTION_TEMPLATES, *prompts)),
+    DETAIL_SEP,
+    "an",
+    *_PARTIAL_NOUNS,
+    *SHAPES,
+    *COLOURS,
+    *SIZES,
+    *FILLS,
+    *POSITIONS,
+  ]
+
+
 @dataclasses.dataclass(frozen=True)
 class Attributes:
   """The sampled attributes of one example (indices into the world's vocabularies)."""
@@ -255,6 +290,7 @@ class SyntheticShapes:
     second_object: add a tiny second object, named in the caption (module docstring).
     long_tail: head/tail frequency ratio of the colour+shape classes (1: uniform).
     label_templates: "default" (three prompts per label set) or "rich" (twelve).
+    partial_captions: probability that `caption` names only a subset of the attributes.
   """
 
   def __init__(
@@ -274,6 +310,7 @@ class SyntheticShapes:
     second_object: bool = False,
     long_tail: float = 1.0,
     label_templates: str = "default",
+    partial_captions: float = 0.0,
   ):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -296,7 +333,10 @@ class SyntheticShapes:
       raise ValueError(f"long_tail is a head/tail ratio and must be >= 1, got {long_tail}")
     if label_templates not in ("default", "rich"):
       raise ValueError(f"label_templates must be 'default' or 'rich', got {label_templates!r}")
+    if not 0.0 <= partial_captions <= 1.0:
+      raise ValueError(f"partial_captions is a probability in [0, 1], got {partial_captions}")
     self.split = split
+    self.partial_captions = float(partial_captions)
     self.image_size = int(image_size)
     self.seed = int(seed)
     self.shapes = tuple(shapes)
@@ -484,12 +524,28 @@ class SyntheticShapes:
     }
     if self.fills:
       labels["fill"] = a.fill
+    caption = captions[a.template]
+    if self.partial_captions > 0.0:
+      caption = self._partial_caption(index, a, caption)
     return {
-      "caption": captions[a.template],
+      "caption": caption,
       "captions": list(captions),
       "index": index,
       "labels": labels,
     }
+
+  def _partial_caption(self, index: int, a: Attributes, full: str) -> str:
+    # Its own stream, so that the option changes no image and no other caption of the world.
+    u = np.random.default_rng((self.seed, self._split_id, index, 1)).random(3)
+    if u[0] >= self.partial_captions:
+      return full
+    words = self._words(a)
+    keep = _PARTIAL_SUBSETS[int(u[1] * len(_PARTIAL_SUBSETS))]
+    noun = words["shape"] if "shape" in keep else _PARTIAL_NOUNS[int(u[2] * len(_PARTIAL_NOUNS))]
+    text = " ".join(["a"] + [words[k] for k in ("size", "colour") if k in keep] + [noun])
+    if "pos" in keep:
+      text += f" in the {words['pos']}"
+    return _fix_articles(text)
 
   def attributes(self, index: int) -> Attributes:
     """The attributes of example `index`, without rendering it."""

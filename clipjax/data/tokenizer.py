@@ -42,6 +42,16 @@ import numpy as np
 DEFAULT_CONTEXT_LENGTH = 77
 DEFAULT_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 DEFAULT_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+SHIPPED_PREFIX = "clipjax:"
+SHIPPED = {
+  "worlds": (
+    "worlds_bpe.txt.gz",
+    "1634bdb9b73d7a88e60d57e2ce6f4a7808beee3ce3ab12a57ee5bc0c3deaf008",
+  )
+}
+"""Merges files shipped with clipjax, named `clipjax:<name>` wherever a merges path is taken:
+`worlds` is OpenAI's BPE restricted to the words of the built-in worlds (shapes, digits), made
+by `subset_bpe(Tokenizer.default(), registry.world_vocabulary_texts(), path)`."""
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
 END_OF_WORD = "</w>"
@@ -142,8 +152,9 @@ class Tokenizer:
   """CLIP byte-level BPE tokenizer (open_clip `SimpleTokenizer` semantics, numpy output).
 
   Args:
-    merges_path: merges file (`.txt.gz` or `.txt`) in CLIP format; None uses the shipped
-      OpenAI vocabulary `bpe_simple_vocab_16e6.txt.gz`, whose sha256 is checked.
+    merges_path: merges file (`.txt.gz` or `.txt`) in CLIP format, or `clipjax:<name>` for a
+      file of `SHIPPED`; None uses the shipped OpenAI vocabulary `bpe_simple_vocab_16e6.txt.gz`.
+      The sha256 of shipped files is always checked.
     context_length: default number of ids per caption (sot and eot included).
     sha256: expected sha256 hex digest of the file at `merges_path`; None skips the check for
       custom files (the shipped default is always checked).
@@ -165,10 +176,20 @@ class Tokenizer:
     if merges_path is None:
       path = Path(__file__).with_name(DEFAULT_VOCAB_FILE)
       expected = DEFAULT_VOCAB_SHA256
+    elif str(merges_path).startswith(SHIPPED_PREFIX):
+      name = str(merges_path)[len(SHIPPED_PREFIX) :]
+      if name not in SHIPPED:
+        raise ValueError(
+          f"unknown shipped tokenizer {str(merges_path)!r}; shipped: "
+          f"{[SHIPPED_PREFIX + n for n in SHIPPED]} (or pass a merges file path)"
+        )
+      path = Path(__file__).with_name(SHIPPED[name][0])
+      expected = SHIPPED[name][1]
     else:
       path = Path(merges_path).absolute()
       expected = sha256
-    self._args = (None if merges_path is None else str(path), context_length, sha256, cache_size)
+    shipped = merges_path is None or str(merges_path).startswith(SHIPPED_PREFIX)
+    self._args = (merges_path if shipped else str(path), context_length, sha256, cache_size)
     if expected is not None:
       got = _sha256(path)
       if got != expected.lower():
@@ -231,6 +252,9 @@ class Tokenizer:
     Returns:
       The merged symbols; the last one ends with `</w>`.
     """
+    return self._bpe(symbols, None)
+
+  def _bpe(self, symbols: str, applied: set[tuple[str, str]] | None) -> list[str]:
     word = [*symbols[:-1], symbols[-1] + END_OF_WORD]
     ranks = self._ranks
     while len(word) > 1:
@@ -241,6 +265,8 @@ class Tokenizer:
           best, best_rank = pair, rank
       if best is None:
         break
+      if applied is not None:
+        applied.add(best)
       left, right = best
       merged, i, n = [], 0, len(word)
       while i < n:
@@ -450,9 +476,40 @@ def build_bpe(
       f"so vocab_size can be at most {N_BASE_SYMBOLS + 2 + len(merges)} (asked {vocab_size}); "
       "lower vocab_size or min_frequency, or add captions"
     )
-  header = f"#version: 0.2 clipjax build_bpe vocab_size={vocab_size}"
-  text = "\n".join([header, *(f"{a} {b}" for a, b in merges)])
+  return _write_merges(path, merges, f"clipjax build_bpe vocab_size={vocab_size}")
+
+
+def _write_merges(path: str | os.PathLike, merges: Sequence[tuple[str, str]], note: str) -> Path:
+  # gzip without a timestamp (the same merges give the same bytes) and without a trailing
+  # newline, so open_clip's `SimpleTokenizer(bpe_path=path)` gives the same ids.
+  text = "\n".join([f"#version: 0.2 {note}", *(f"{a} {b}" for a, b in merges)])
   out = Path(path)
   with open(out, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz:
     gz.write(text.encode("utf-8"))
   return out
+
+
+def subset_bpe(tokenizer: Tokenizer, texts: Iterable[str], path: str | os.PathLike) -> Path:
+  """Writes the merges `tokenizer` applies to `texts`, in their rank order, as a merges file.
+
+  Greedy BPE restricted to a subset of merges that contains every merge it applied to a word
+  makes the same choices on that word, so the new tokenizer splits every word of `texts` into
+  the same symbols as `tokenizer` (with a compact vocabulary: 514 + the merges used). Other
+  words still tokenize, losslessly, into coarser pieces (down to bytes).
+
+  Args:
+    tokenizer: the tokenizer to restrict (e.g. `Tokenizer.default()`).
+    texts: the texts whose words must keep their segmentation.
+    path: output file (`*.txt.gz`).
+
+  Returns:
+    `path` as a `Path`.
+  """
+  table = byte_symbols()
+  used: set[tuple[str, str]] = set()
+  for text in texts:
+    for word in tokenizer._words(text):
+      if word not in tokenizer._special:
+        tokenizer._bpe("".join([table[b] for b in word.encode("utf-8")]), used)
+  merges = sorted(used, key=tokenizer._ranks.__getitem__)
+  return _write_merges(path, merges, f"clipjax subset_bpe of {tokenizer.merges_path.name}")

@@ -37,7 +37,6 @@ import jax
 import ml_collections as mlc
 from etils import epath
 
-from clipjax import model as model_lib
 from clipjax import runs
 from clipjax.data.tokenizer import Tokenizer
 from clipjax.evaluation import cola_protocol
@@ -48,11 +47,8 @@ __all__ = ["merges_path", "run"]
 
 def merges_path(config: mlc.ConfigDict) -> str | None:
   """``config.data.tokenizer``, else the checkpoint workdir's, else None (OpenAI's, shipped)."""
-  path = config.data.get("tokenizer") or ""
   init = config.model.get("init_checkpoint") or ""
-  if not path and init and model_lib.is_workdir(init):
-    path = runs.read_run_config(init).get("data", {}).get("tokenizer") or ""
-  return path or None
+  return config.data.get("tokenizer") or (init and runs.trained_tokenizer(init)) or None
 
 
 class _Progress:

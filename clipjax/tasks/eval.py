@@ -106,7 +106,9 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   image_size = config.image_size or model.config.vision.image_size
   context_length = config.context_length or model.config.text.context_length
   datasets = config.datasets.to_dict()
-  tokenizer_for(model, config.tokenizer, context_length)
+  # "" means the tokenizer the checkpoint was trained with (a clipjax run's), else OpenAI's.
+  tokenizer = config.tokenizer or runs.trained_tokenizer(config.checkpoint)
+  tokenizer_for(model, tokenizer, context_length)
   check_datasets(
     datasets, image_size, robustness_label_set=config.robustness.label_set if attacks else None
   )
@@ -138,7 +140,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     context_length=context_length,
     batch_size=config.batch_size,
     max_examples=config.max_examples,
-    tokenizer=config.tokenizer,
+    tokenizer=tokenizer,
     linear_probe=lp_opts if lp_opts.pop("enabled") else None,
     selective=sel_opts if sel_opts.pop("enabled") else None,
     extras=extras,
@@ -157,7 +159,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         context_length=context_length,
         batch_size=config.batch_size,
         max_examples=config.robustness.max_examples,
-        tokenizer=config.tokenizer,
+        tokenizer=tokenizer,
         progress=True,
         on_dataset=save("robustness"),
       )

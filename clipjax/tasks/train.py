@@ -78,6 +78,10 @@ def _log_resume_changes(run: runs.Run, config: mlc.ConfigDict) -> None:
 
 def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config` in `workdir`; returns the final summary dict."""
+  init = config.model.init_checkpoint
+  if init and not config.data.tokenizer:
+    # A model trained from a clipjax run keeps that run's tokenizer; config.json records it.
+    config.data.tokenizer = runs.trained_tokenizer(init)
   run_dir = runs.open_run(workdir, config, task="train", compare=resume_diffs)
   if run_dir.checkpoint_steps and config.total_steps < max(run_dir.checkpoint_steps):
     raise ValueError(

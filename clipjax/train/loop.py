@@ -48,6 +48,14 @@ def build_model(config: mlc.ConfigDict, rng: jax.Array):
       f"model.init_checkpoint {config.model.init_checkpoint!r} has (image_size, context_length)"
       f" = {got}, but config.data asks for {want}; set data.image_size / data.context_length."
     )
+  tok, text = data_setup.tokenizer(config), model.config.text
+  if (tok.vocab_size, tok.eot_id) != (text.vocab_size, text.eot_id):
+    raise ValueError(
+      f"data.tokenizer={config.data.tokenizer!r} (vocabulary {tok.vocab_size}, end-of-text id "
+      f"{tok.eot_id}) does not fit the model's text tower (vocabulary {text.vocab_size}, "
+      f"end-of-text id {text.eot_id}): set data.tokenizer to the merges file the model's "
+      "embedding was made for ('' = OpenAI's; 'clipjax:worlds' for the shapes recipes)."
+    )
   return model
 
 

@@ -250,3 +250,56 @@ def test_import_is_lazy():
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[] 0"
+
+
+def _symbols(tok, text):
+  return [tok._id_to_token[i] for i in tok.encode(text)]
+
+
+def test_subset_bpe_keeps_the_segmentation_of_its_texts(tmp_path, default_tok):
+  texts = ["a photograph of two zebras", "unbelievable tokenization!", "naïve café"]
+  sub = Tokenizer(tk.subset_bpe(default_tok, texts, tmp_path / "sub.txt.gz"))
+  for text in texts:
+    assert _symbols(sub, text) == _symbols(default_tok, text)
+  # Merges kept in rank order: the vocabulary is 514 + the merges applied, nothing else.
+  merges = tk._read_merges(tmp_path / "sub.txt.gz")
+  ranks = [default_tok._ranks[m] for m in merges]
+  assert ranks == sorted(ranks) and sub.vocab_size == 514 + len(merges)
+  # A word outside the texts still round-trips (coarser pieces, down to bytes).
+  assert sub.decode(sub.encode("quixotic"), skip_special_tokens=True).strip() == "quixotic"
+  assert len(sub.encode("quixotic")) > len(default_tok.encode("quixotic"))
+
+
+def test_shipped_worlds_tokenizer_is_the_subset_of_the_world_texts(tmp_path, default_tok):
+  from clipjax.data import digits, registry, synthetic
+
+  made = tk.subset_bpe(default_tok, registry.world_vocabulary_texts(), tmp_path / "w.txt.gz")
+  shipped = Path(tk.__file__).with_name(tk.SHIPPED["worlds"][0])
+  assert made.read_bytes() == shipped.read_bytes(), "regenerate clipjax/data/worlds_bpe.txt.gz"
+  tok = Tokenizer("clipjax:worlds")
+  assert tok.vocab_size == 757
+  src = synthetic.SyntheticShapes(
+    "train",
+    image_size=16,
+    second_object=True,
+    partial_captions=0.5,
+    label_templates="rich",
+    shapes=synthetic.SHAPES,
+    colours=tuple(synthetic.COLOURS),
+    fills=synthetic.FILLS,
+    sizes=tuple(synthetic.SIZES),
+  )
+  texts = [src.get_text(i)["caption"] for i in range(200)]
+  texts += [
+    t.format(d, word=w, num=d)
+    for d, w in enumerate(digits.DIGIT_WORDS)
+    for t in (*digits.CAPTION_TEMPLATES, *digits.LABEL_TEMPLATES)
+  ]
+  for text in texts:
+    assert _symbols(tok, text) == _symbols(default_tok, text), text
+  clone = pickle.loads(pickle.dumps(tok))
+  assert clone._args[0] == "clipjax:worlds"
+  with pytest.raises(
+    ValueError, match=r"unknown shipped tokenizer 'clipjax:world'.*clipjax:worlds"
+  ):
+    Tokenizer("clipjax:world")

@@ -43,10 +43,17 @@ def test_record_and_table_from_a_workdir(tmp_path, capsys, monkeypatch):
   assert rec["cpu_s"] == 80.0 and rec["wall_s"] == 3723.0
   assert rec["evals"] == [{"step": 100, "shape": 0.625}]
   capsys.readouterr()
+  other = dict(rec, name="t4", wall_s=None, load_avg_start_end=[])
+  other["settings"] = {**rec["settings"], "model.overrides": {"text": {"layers": 4}}}
+  (tmp_path / "t4.json").write_text(json.dumps(other))
   out_json = tmp_path / "records.json"
-  monkeypatch.setattr(sys, "argv", ["x", "table", str(run), "--records", str(out_json)])
+  argv = ["x", "table", str(run), str(tmp_path / "t4.json"), "--records", str(out_json)]
+  monkeypatch.setattr(sys, "argv", argv)
   sweep.main()
   table = capsys.readouterr().out.splitlines()
-  assert table[2].startswith("| t2 | ") and "model.overrides.text.layers=2" in table[2]
-  assert "| 0.80 | 100 |" in table[2] and "| 62.5 |" in table[2]
-  assert json.loads(out_json.read_text()) == [rec]
+  # Only what differs between runs is in the rows; the rest is listed once under the table.
+  assert table[2].startswith("| t2 | model.overrides.text.layers=2 | 0.80 | 62.0 min | 100 |")
+  assert table[3].startswith("| t4 | model.overrides.text.layers=4 | 0.80 | – | 100 |")
+  assert "| 62.5 |" in table[2]
+  assert table[-1] == "Common to all runs: data.batch_size=128, data.image_size=48, optim.lr=0.001."
+  assert json.loads(out_json.read_text()) == [rec, other]

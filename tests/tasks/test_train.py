@@ -335,3 +335,25 @@ def test_second_ctrl_c_exits_at_once(monkeypatch):
   finally:
     flag.restore_handler()
   assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_init_from_a_clipjax_run_keeps_its_tokenizer_and_a_misfit_is_refused(tmp_path):
+  c = _config()
+  c.total_steps = 2
+  assert c.data.tokenizer == "clipjax:worlds"
+  train_task.run(c, str(tmp_path / "a"))
+  # A fine-tune from run a with data.tokenizer = "" trains with a's tokenizer and records it.
+  ft = _config()
+  ft.total_steps = 1
+  ft.data.tokenizer = ""
+  ft.model.init_checkpoint = str(tmp_path / "a")
+  train_task.run(ft, str(tmp_path / "b"))
+  saved = json.loads((tmp_path / "b" / "config.json").read_text())
+  assert saved["data"]["tokenizer"] == "clipjax:worlds"
+  # OpenAI's 49,408-id tokenizer for the 757-id model: refused, naming the key, before any
+  # file is written.
+  bad = _config()
+  bad.data.tokenizer = os.path.join(REPO, "clipjax/data/bpe_simple_vocab_16e6.txt.gz")
+  with pytest.raises(ValueError, match=r"data.tokenizer=.*vocabulary 49408.*vocabulary 757"):
+    train_task.run(bad, str(tmp_path / "c"))
+  assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())

@@ -1,0 +1,44 @@
+"""The shipped reference bases (assets/bases/*) load and reproduce their recorded numbers.
+
+Each base directory holds open_clip-layout weights written by clipjax's converter, its tokenizer
+and a card.json whose check numbers `scripts/export_base.py` measured on the exported files.
+"""
+
+import hashlib
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BASES = sorted((ROOT / "assets" / "bases").glob("*/card.json"))
+
+
+def _export_script():
+  spec = importlib.util.spec_from_file_location("export_base", ROOT / "scripts/export_base.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.mark.parametrize("card_path", BASES, ids=[p.parent.name for p in BASES])
+def test_base_loads_and_matches_its_card(card_path):
+  from clipjax.model import convert
+
+  card = json.loads(card_path.read_text())
+  base = card_path.parent
+  for name, f in card["files"].items():
+    data = (base / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == f["sha256"], name
+  assert (base / "open_clip_model.safetensors").stat().st_size <= 10 * 2**20
+  state, _ = convert.read_state_dict(base)
+  assert convert.detect_layout(state) == "openai"  # open_clip / OpenAI key names
+  script = _export_script()
+  got = script.check_metrics(base, card["data"]["test"], card["config"]["data"]["context_length"])
+  want = card["check"]["metrics"]
+  assert set(got) == set(want)
+  # One image of 200 may flip between machines (float32 reduction order), no more.
+  for key in want:
+    assert abs(got[key] - want[key]) <= 1.0 / card["check"]["images"] + 1e-9, (key, got, want)
+  assert (base / "MODEL_CARD.md").read_text() == script.model_card(card)
