@@ -59,8 +59,9 @@ def _settings(workdir: str) -> dict:
     for part in key.split("."):
       node = node[part]
     keep[key] = node
-  if "train" in cfg["data"]:
-    keep["data.train"] = cfg["data"]["train"]
+  for key in ("train", "tokenizer"):  # recorded since 2026-12-06 18:00 UTC
+    if key in cfg["data"]:
+      keep[f"data.{key}"] = cfg["data"][key]
   keep["model.overrides"] = cfg["model"]["overrides"]
   return keep
 
