@@ -47,6 +47,7 @@ __all__ = [
 
 CONFIG = "config.json"
 SUMMARY = "summary.json"
+EXPORTED_TOKENIZER = "bpe.txt.gz"  # the merges file beside an exported checkpoint
 # What a run that failed to start may leave behind: none of it is a result worth protecting.
 _NOT_RESULTS = frozenset({CONFIG, CONFIG + ".tmp", "metrics.jsonl", "tb"})
 
@@ -233,11 +234,17 @@ def save_params_workdir(params: dict, run_config: dict[str, Any], path: str) -> 
 
 
 def trained_tokenizer(path: str) -> str:
-  """`data.tokenizer` of the clipjax run at `path`; "" (OpenAI's) for any other checkpoint."""
+  """The tokenizer a checkpoint was trained with, as a `data.tokenizer` value.
+
+  `data.tokenizer` of a clipjax run; the `bpe.txt.gz` beside an exported checkpoint directory
+  (`scripts/export_base.py` puts one there); else "" (OpenAI's).
+  """
   p = epath.Path(path)
-  if not ((p / "checkpoints").is_dir() and (p / CONFIG).exists()):
-    return ""
-  return (read_run_config(path).get("data") or {}).get("tokenizer") or ""
+  if (p / "checkpoints").is_dir() and (p / CONFIG).exists():
+    return (read_run_config(path).get("data") or {}).get("tokenizer") or ""
+  if p.is_dir() and (p / EXPORTED_TOKENIZER).exists():
+    return str(p / EXPORTED_TOKENIZER)
+  return ""
 
 
 def read_run_config(workdir: str) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def check_metrics(directory: str | os.PathLike, datasets: dict, context_length: 
   are too small for a one-image tolerance.
   """
   from clipjax import model as model_lib
+  from clipjax import runs
   from clipjax.evaluation import suite
 
   directory = pathlib.Path(directory)
@@ -56,7 +57,7 @@ def check_metrics(directory: str | os.PathLike, datasets: dict, context_length: 
     context_length=context_length,
     batch_size=100,
     max_examples=CHECK_IMAGES,
-    tokenizer=str(directory / "bpe.txt.gz"),
+    tokenizer=runs.trained_tokenizer(str(directory)),
   )
   return {
     k: round(float(v), 6)
@@ -76,6 +77,7 @@ def _git_commit() -> str:
 
 def export(workdir: str, out: str, command: str) -> dict:
   from clipjax import model as model_lib
+  from clipjax import runs
   from clipjax.data import tokenizer as tok_lib
   from clipjax.model import convert
 
@@ -94,7 +96,7 @@ def export(workdir: str, out: str, command: str) -> dict:
   convert.export(model.params, model.config, tmp, layout="openai")
   merges = config["data"]["tokenizer"]
   # The tokenizer file resolves the run's setting ("clipjax:<name>" or a path) once, for good.
-  shutil.copyfile(tok_lib.Tokenizer(merges or None).merges_path, tmp / "bpe.txt.gz")
+  shutil.copyfile(tok_lib.Tokenizer(merges or None).merges_path, tmp / runs.EXPORTED_TOKENIZER)
   datasets = config["eval"]["datasets"]
   card = {
     "name": out_dir.name,

@@ -24,6 +24,7 @@ def _export_script():
 
 @pytest.mark.parametrize("card_path", BASES, ids=[p.parent.name for p in BASES])
 def test_base_loads_and_matches_its_card(card_path):
+  from clipjax import runs
   from clipjax.model import convert
 
   card = json.loads(card_path.read_text())
@@ -34,6 +35,8 @@ def test_base_loads_and_matches_its_card(card_path):
   assert (base / "open_clip_model.safetensors").stat().st_size <= 10 * 2**20
   state, _ = convert.read_state_dict(base)
   assert convert.detect_layout(state) == "openai"  # open_clip / OpenAI key names
+  # A fine-tune or evaluation from this directory picks up its tokenizer by itself.
+  assert runs.trained_tokenizer(str(base)) == str(base / "bpe.txt.gz")
   script = _export_script()
   got = script.check_metrics(base, card["data"]["test"], card["config"]["data"]["context_length"])
   want = card["check"]["metrics"]
