@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,22 @@ def _git_commit() -> str:
     return "unknown"
 
 
-def export(workdir: str, out: str, command: str) -> dict:
+def _time_log(path: str) -> dict:
+  """CPU and wall seconds from a GNU `/usr/bin/time -v` log of the training command."""
+  text = pathlib.Path(path).read_text()
+  cpu = sum(
+    float(re.search(rf"{k} time \(seconds\): ([\d.]+)", text).group(1)) for k in ("User", "System")
+  )
+  wall = 0.0
+  clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text).group(1)
+  for part in clock.split(":"):
+    wall = wall * 60 + float(part)
+  return {"cpu_s": round(cpu, 1), "wall_s": round(wall, 1)}
+
+
+def export(
+  workdir: str, out: str, command: str, commit: str = "", time_log: str = "", note: str = ""
+) -> dict:
   from clipjax import model as model_lib
   from clipjax import runs
   from clipjax.data import tokenizer as tok_lib
@@ -89,7 +105,7 @@ def export(workdir: str, out: str, command: str) -> dict:
   out_dir = pathlib.Path(out)
   if out_dir.exists():
     raise SystemExit(f"{out_dir} exists; remove it first (nothing was written)")
-  tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+  tmp = out_dir.with_name(f".partial-{out_dir.name}".replace(".", "_"))
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
   model = model_lib.load(work)
@@ -101,10 +117,15 @@ def export(workdir: str, out: str, command: str) -> dict:
   card = {
     "name": out_dir.name,
     "command": command,
-    "commit": _git_commit(),
+    "commit": commit or _git_commit(),
+    "cost": {**(_time_log(time_log) if time_log else {}), "note": note},
     "data": {"train": config["data"]["train"], "test": datasets},
     "config": config,
-    "train_summary": {k: v for k, v in summary.items() if "/zeroshot/" in k or "/retrieval/" in k},
+    "train_summary": {
+      k: v
+      for k, v in summary.items()
+      if ("/zeroshot/" in k or "/retrieval/" in k) and not k.endswith("/chance")
+    },
     "check": {
       "images": CHECK_IMAGES,
       "metrics": check_metrics(tmp, datasets, config["data"]["context_length"]),
@@ -147,14 +168,22 @@ def model_card(card: dict) -> str:
       e=cfg["model"]["overrides"]["embed_dim"],
       mb=n_params_bytes / 1e6,
     ),
-    f"- Input: {cfg['data']['image_size']} px RGB; tokenizer `bpe.txt.gz` (OpenAI's CLIP BPE "
-    "restricted to the words of the shapes worlds: same splits, 714 ids).",
+    f"- Input: {cfg['data']['image_size']} px RGB; tokenizer `bpe.txt.gz` "
+    f"(`{cfg['data']['tokenizer'] or 'OpenAI'}`: {t.get('vocab_size', 49408)} ids).",
     f"- Trained: `{card['command']}` ({cfg['total_steps']} steps, batch "
     f"{cfg['data']['batch_size']}, seed {cfg['seed']}), clipjax commit `{card['commit'][:12]}`.",
     f"- Training data: `{json.dumps(card['data']['train'], sort_keys=True)}` "
     "(`clipjax.data.registry.build_source`); no external data.",
     "- Load: `clipjax.model.load(DIR)`, or open_clip: `open_clip.create_model('local-dir:DIR')` "
     "with `open_clip.tokenizer.SimpleTokenizer(bpe_path=DIR + '/bpe.txt.gz')`.",
+  ]
+  cost = card.get("cost") or {}
+  if "cpu_s" in cost:
+    lines.append(
+      f"- Training cost: {cost['cpu_s']:.0f} CPU-seconds ({cost['cpu_s'] / 120:.1f} min of 2 "
+      f"cores), wall {cost['wall_s'] / 60:.1f} min. {cost.get('note', '')}".rstrip()
+    )
+  lines += [
     "",
     "## Zero-shot accuracy on the world's test split",
     "",
@@ -169,6 +198,16 @@ def model_card(card: dict) -> str:
     lines.append(
       f"| {label} | {_pct(card['train_summary'].get(key, float('nan')))} | {_pct(check[key])} |"
     )
+  summary = card["train_summary"]
+  extra = [
+    ("colour+shape, held-out combinations", "/zeroshot/colour+shape/held_out/acc1"),
+    ("image→text R@1", "/retrieval/text_retrieval_recall@1"),
+    ("text→image R@1", "/retrieval/image_retrieval_recall@1"),
+  ]
+  for label, suffix in extra:
+    got = [v for k, v in summary.items() if k.endswith(suffix)]
+    if got:
+      lines.append(f"| {label} | {_pct(got[0])} | – |")
   lines += ["", "## Files", "", "| file | bytes | sha256 |", "|---|---|---|"]
   for name, f in card["files"].items():
     lines.append(f"| {name} | {f['bytes']} | `{f['sha256']}` |")
@@ -180,6 +219,9 @@ def main(argv: list[str]) -> None:
   ap.add_argument("workdir", nargs="?")
   ap.add_argument("out", nargs="?")
   ap.add_argument("--command", default="", help="the command that trained WORKDIR (for the card)")
+  ap.add_argument("--commit", default="", help="commit that trained WORKDIR (default: HEAD)")
+  ap.add_argument("--time-log", default="", help="`/usr/bin/time -v` log of the training")
+  ap.add_argument("--note", default="", help="one sentence on the training machine's load")
   ap.add_argument("--cards", help="rewrite MODEL_CARD.md of every base under this directory")
   args = ap.parse_args(argv)
   if args.cards:
@@ -190,7 +232,7 @@ def main(argv: list[str]) -> None:
     return
   if not (args.workdir and args.out and args.command):
     ap.error("give WORKDIR OUT --command '...' (or --cards DIR)")
-  card = export(args.workdir, args.out, args.command)
+  card = export(args.workdir, args.out, args.command, args.commit, args.time_log, args.note)
   print(json.dumps(card["check"], indent=1))
 
 
