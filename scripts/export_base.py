@@ -30,6 +30,8 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+
 CHECK_IMAGES = 200
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -214,6 +216,46 @@ def model_card(card: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+TABLE_ROWS = (
+  ("colour", "zeroshot/colour/acc1", 0.98),
+  ("size", "zeroshot/size/acc1", 0.98),
+  ("position", "zeroshot/position/acc1", 0.98),
+  ("shape", "zeroshot/shape/acc1", 0.85),
+  ("colour+shape", "zeroshot/colour+shape/acc1", None),
+  ("colour+shape held-out", "zeroshot/colour+shape/held_out/acc1", 0.60),
+  ("image→text R@1", "retrieval/text_retrieval_recall@1", None),
+  ("text→image R@1", "retrieval/image_retrieval_recall@1", None),
+)
+"""Rows of the bases table: label, metric suffix, issue-16 target (None: no target)."""
+
+
+def bases_table(cards: list[dict]) -> str:
+  """Markdown table of the bases' training-run metrics (1000 test images), mean ± std."""
+  names = [c["name"] for c in cards]
+  head = "| metric | " + " | ".join(names) + " | mean ± std | target | met by |"
+  lines = [head, "|---|" + "---|" * (len(names) + 3)]
+  for label, suffix, target in TABLE_ROWS:
+    vals = [
+      next((v for k, v in c["train_summary"].items() if k.endswith("/" + suffix)), float("nan"))
+      for c in cards
+    ]
+    arr = np.asarray(vals, np.float64)
+    spread = f"{100 * arr.mean():.1f} ± {100 * arr.std(ddof=1):.1f}" if len(arr) > 1 else "–"
+    met = "–" if target is None else f"{int((arr >= target).sum())} of {len(arr)}"
+    goal = "–" if target is None else f"≥ {100 * target:.0f} %"
+    lines.append(
+      f"| {label} | " + " | ".join(_pct(v) for v in vals) + f" | {spread} | {goal} | {met} |"
+    )
+  cost = [c.get("cost", {}).get("cpu_s") for c in cards]
+  lines.append(
+    "| training CPU-s | "
+    + " | ".join("–" if x is None else f"{x:.0f}" for x in cost)
+    + " | | ≤ 5400 | "
+    + f"{sum(x is not None and x <= 5400 for x in cost)} of {len(cost)} |"
+  )
+  return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("workdir", nargs="?")
@@ -223,7 +265,12 @@ def main(argv: list[str]) -> None:
   ap.add_argument("--time-log", default="", help="`/usr/bin/time -v` log of the training")
   ap.add_argument("--note", default="", help="one sentence on the training machine's load")
   ap.add_argument("--cards", help="rewrite MODEL_CARD.md of every base under this directory")
+  ap.add_argument("--table", help="print the markdown table of every base under this directory")
   args = ap.parse_args(argv)
+  if args.table:
+    paths = sorted(pathlib.Path(args.table).glob("*/card.json"))
+    print(bases_table([json.loads(p.read_text()) for p in paths]), end="")
+    return
   if args.cards:
     for card_path in sorted(pathlib.Path(args.cards).glob("*/card.json")):
       card = json.loads(card_path.read_text())

@@ -45,3 +45,13 @@ def test_base_loads_and_matches_its_card(card_path):
   for key in want:
     assert abs(got[key] - want[key]) <= 1.0 / card["check"]["images"] + 1e-9, (key, got, want)
   assert (base / "MODEL_CARD.md").read_text() == script.model_card(card)
+
+
+def test_results_page_table_is_generated_from_the_cards():
+  script = _export_script()
+  table = script.bases_table([json.loads(p.read_text()) for p in BASES])
+  page = (ROOT / "docs" / "results.md").read_text()
+  start = page.index("<!-- bases-table -->\n") + len("<!-- bases-table -->\n")
+  assert page[start : page.index("<!-- /bases-table -->")] == table, (
+    "regenerate: python scripts/export_base.py --table assets/bases"
+  )
