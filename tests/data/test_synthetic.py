@@ -212,3 +212,28 @@ def test_rich_label_templates():
   assert all(src.label_sets[k].templates[:3] == default[k].templates for k in default)
   with pytest.raises(ValueError, match="label_templates"):
     SyntheticShapes("test", label_templates="fancy")
+
+
+def test_partial_captions_name_a_true_subset_and_change_nothing_else():
+  full = SyntheticShapes("train", image_size=24)
+  part = SyntheticShapes("train", image_size=24, partial_captions=1.0)
+  some = SyntheticShapes("train", image_size=24, partial_captions=0.3)
+  n_partial = 0
+  for i in range(60):
+    a, b = full[i], part[i]
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert a["captions"] == b["captions"] and a["labels"] == b["labels"]
+    words = full._words(full.attributes(i))
+    named = [
+      k for k in ("size", "colour", "shape", "pos") if re.search(rf"\b{words[k]}\b", b["caption"])
+    ]
+    assert 1 <= len(named) <= 3, b["caption"]  # a proper, non-empty subset of the attributes
+    # Every word of the caption is an attribute word, a generic noun, or glue.
+    glue = {"a", "an", "in", "the", "shape", "object", "thing", "figure"} | set(
+      " ".join(words.values()).split()
+    )
+    assert set(b["caption"].split()) <= glue, b["caption"]
+    n_partial += some[i]["caption"] not in some[i]["captions"]
+  assert 8 <= n_partial <= 30  # ~0.3 of 60
+  with pytest.raises(ValueError, match="partial_captions is a probability"):
+    SyntheticShapes("train", partial_captions=1.5)
