@@ -149,9 +149,20 @@ def _events(workdir):
   return [{k: v for k, v in e.items() if not k.endswith("_per_s")} for e in events]
 
 
-def _largest_data_file(workdir, step):
-  files = (workdir / "checkpoints" / str(step) / "state").glob("ocdbt.process_*/d/*")
-  return max(files, key=lambda p: p.stat().st_size)
+def _corrupt_data_files(workdir, step, n=256):
+  """Flips up to `n` bytes in the middle of every OCDBT data file of a checkpoint step.
+
+  Every file, not only the largest: which file holds which arrays varies from run to run
+  (concurrent writes), and a flip in only one file could miss every byte the restore reads.
+  """
+  files = sorted((workdir / "checkpoints" / str(step) / "state").glob("ocdbt.process_*/d/*"))
+  assert files, f"no OCDBT data files in step {step}"
+  for path in files:
+    data = bytearray(path.read_bytes())
+    k = min(n, len(data) // 2)
+    mid = len(data) // 2
+    data[mid : mid + k] = bytes(255 - b for b in data[mid : mid + k])
+    path.write_bytes(bytes(data))
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -171,13 +182,8 @@ def test_corrupted_checkpoint_and_lost_eval_on_resume(tmp_path, capsys):
     (4, "train"),
     (4, "eval"),
   ]
-  # 256 flipped bytes in the newest checkpoint: detected, step 2 used, steps 3-4 trained again.
-  path = _largest_data_file(tmp_path, 4)
-  data = bytearray(path.read_bytes())
-  data[len(data) // 2 : len(data) // 2 + 256] = bytes(
-    255 - b for b in data[len(data) // 2 : len(data) // 2 + 256]
-  )
-  path.write_bytes(bytes(data))
+  # Flipped bytes in the newest checkpoint: detected, step 2 used, steps 3-4 trained again.
+  _corrupt_data_files(tmp_path, 4)
   capsys.readouterr()
   again = train_task.run(c, str(tmp_path))
   gc.collect()  # orbax's orphaned reads of the rejected step warn now, under the filter
