@@ -102,3 +102,17 @@ def peak_rss_growth(fn: Callable[[], Any]) -> tuple[Any, float, int | None]:
   peak = peak_rss_bytes()
   growth = peak - rss0 if reset and peak is not None and rss0 is not None else None
   return out, seconds, growth
+
+
+def parse_time_log(text: str) -> tuple[float, float]:
+  """(CPU seconds, user + system; wall seconds) from a GNU `/usr/bin/time -v` log."""
+  import re
+
+  cpu = sum(
+    float(re.search(rf"{k} time \(seconds\): ([\d.]+)", text).group(1)) for k in ("User", "System")
+  )
+  clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+  wall = 0.0
+  for part in clock.group(1).split(":"):
+    wall = wall * 60 + float(part)
+  return cpu, wall

@@ -239,12 +239,12 @@ def trained_tokenizer(path: str) -> str:
   `data.tokenizer` of a clipjax run; the `bpe.txt.gz` beside an exported checkpoint directory
   (`scripts/export_base.py` puts one there); else "" (OpenAI's).
   """
-  p = epath.Path(path)
-  if (p / "checkpoints").is_dir() and (p / CONFIG).exists():
+  import clipjax.model as model_lib
+
+  if model_lib.is_workdir(path):
     return (read_run_config(path).get("data") or {}).get("tokenizer") or ""
-  if p.is_dir() and (p / EXPORTED_TOKENIZER).exists():
-    return str(p / EXPORTED_TOKENIZER)
-  return ""
+  exported = epath.Path(path) / EXPORTED_TOKENIZER
+  return str(exported) if exported.exists() else ""
 
 
 def read_run_config(workdir: str) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -80,14 +79,9 @@ def _git_commit() -> str:
 
 def _time_log(path: str) -> dict:
   """CPU and wall seconds from a GNU `/usr/bin/time -v` log of the training command."""
-  text = pathlib.Path(path).read_text()
-  cpu = sum(
-    float(re.search(rf"{k} time \(seconds\): ([\d.]+)", text).group(1)) for k in ("User", "System")
-  )
-  wall = 0.0
-  clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text).group(1)
-  for part in clock.split(":"):
-    wall = wall * 60 + float(part)
+  from clipjax.measure import parse_time_log
+
+  cpu, wall = parse_time_log(pathlib.Path(path).read_text())
   return {"cpu_s": round(cpu, 1), "wall_s": round(wall, 1)}
 
 

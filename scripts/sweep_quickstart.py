@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
 import time
 
-from clipjax import metrics
+from clipjax import measure, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = (
@@ -119,14 +118,8 @@ def cmd_run(args, extra: list[str]) -> None:
 
 def cmd_record(args) -> None:
   with open(args.time_log) as f:
-    text = f.read()
-  user = float(re.search(r"User time \(seconds\): ([\d.]+)", text).group(1))
-  system = float(re.search(r"System time \(seconds\): ([\d.]+)", text).group(1))
-  wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text).group(1)
-  secs = 0.0
-  for part in wall.split(":"):
-    secs = secs * 60 + float(part)
-  rec = make_record(args.workdir, user + system, secs, [])
+    cpu, wall = measure.parse_time_log(f.read())
+  rec = make_record(args.workdir, cpu, wall, [])
   _write_json(os.path.join(args.workdir, "record.json"), rec)
   print(json.dumps(rec))
 

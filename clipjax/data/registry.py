@@ -85,6 +85,11 @@ def world_vocabulary_texts() -> list[str]:
   The shipped tokenizer `clipjax:worlds` is OpenAI's BPE restricted to these texts
   (`tokenizer.subset_bpe`): it splits them exactly as CLIP does, with a compact vocabulary.
   """
-  fields = re.compile(r"\{\w*\}")
-  texts = [fields.sub(" ", t) for t in (*digits.CAPTION_TEMPLATES, *digits.LABEL_TEMPLATES)]
-  return [*synthetic.vocabulary_texts(), *texts, *digits.DIGIT_WORDS]
+  texts = [
+    *synthetic.vocabulary_texts(),
+    *digits.CAPTION_TEMPLATES,
+    *digits.LABEL_TEMPLATES,
+    *digits.DIGIT_WORDS,
+  ]
+  fields = re.compile(r"\{\w*\}")  # template fields, e.g. "{colour}" or "{}"
+  return [fields.sub(" ", t) for t in texts]

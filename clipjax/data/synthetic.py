@@ -236,15 +236,14 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def vocabulary_texts() -> list[str]:
-  """Every word any shapes world writes: caption and prompt templates, attribute names
-  (part of `registry.world_vocabulary_texts`, the texts of the shipped `clipjax:worlds`
-  tokenizer)."""
+  """Every word any shapes world writes: caption and prompt templates (with their `{...}`
+  fields) and attribute names; part of `registry.world_vocabulary_texts`."""
   prompts = [
     t for table in (_LABEL_TEMPLATES, _LABEL_TEMPLATES_RICH) for ts in table.values() for t in ts
   ]
-  fields = re.compile(r"\{\w*\}")
   return [
-    *(fields.sub(" ", t) for t in (*CAPTION_TEMPLATES, *prompts)),
+    *CAPTION_TEMPLATES,
+    *prompts,
     DETAIL_SEP,
     "an",
     *_PARTIAL_NOUNS,

@@ -258,6 +258,22 @@ LONG = [
 ]
 
 
+def _interrupt_at_step_3(workdir, sig):
+  """Runs the long CLI, sends `sig` once step 3 is logged; checks one save and a clean exit."""
+  proc = subprocess.Popen(
+    _cli(workdir, *LONG), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+  _wait_for_step(workdir, 3, proc)
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert f"Preemption requested ({signal.Signals(sig).name})" in out
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert not summary["finished"]
+  assert checkpointing.saved_steps(str(workdir / "checkpoints"))[-1] == summary["step"]
+  return summary
+
+
 @pytest.mark.slow
 def test_sigkill_and_sigterm_then_restart_are_bit_identical(tmp_path):
   ref, killed, termed = tmp_path / "ref", tmp_path / "killed", tmp_path / "termed"
@@ -270,17 +286,8 @@ def test_sigkill_and_sigterm_then_restart_are_bit_identical(tmp_path):
   out = subprocess.run(_cli(killed, *LONG), check=True, capture_output=True, text=True, timeout=600)
   assert "Resumed from" in out.stdout
   # SIGTERM: saves the step it is at and exits 0; the restart resumes from there.
-  proc = subprocess.Popen(
-    _cli(termed, *LONG), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-  )
-  _wait_for_step(termed, 3, proc)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
-  assert "Preemption requested" in out
-  summary = json.loads((termed / "summary.json").read_text())
-  assert not summary["finished"] and summary["step"] < 12
-  assert checkpointing.saved_steps(str(termed / "checkpoints"))[-1] == summary["step"]
+  summary = _interrupt_at_step_3(termed, signal.SIGTERM)
+  assert summary["step"] < 12
   subprocess.run(_cli(termed, *LONG), check=True, capture_output=True, timeout=600)
   for workdir in (killed, termed):
     for a, b in zip(jax.tree.leaves(_params(ref)), jax.tree.leaves(_params(workdir)), strict=True):
@@ -315,17 +322,7 @@ def test_sigterm_after_a_non_finite_update_saves_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
-  proc = subprocess.Popen(
-    _cli(tmp_path, *LONG), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-  )
-  _wait_for_step(tmp_path, 3, proc)
-  proc.send_signal(signal.SIGINT)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
-  assert "Preemption requested (SIGINT)" in out
-  summary = json.loads((tmp_path / "summary.json").read_text())
-  assert not summary["finished"]
-  assert checkpointing.saved_steps(str(tmp_path / "checkpoints"))[-1] == summary["step"]
+  _interrupt_at_step_3(tmp_path, signal.SIGINT)
 
 
 def test_second_ctrl_c_exits_at_once(monkeypatch):
