@@ -179,6 +179,8 @@ def model_card(card: dict) -> str:
       f"- Training cost: {cost['cpu_s']:.0f} CPU-seconds ({cost['cpu_s'] / 120:.1f} min of 2 "
       f"cores), wall {cost['wall_s'] / 60:.1f} min. {cost.get('note', '')}".rstrip()
     )
+  elif cost.get("note"):
+    lines.append(f"- Training cost: no complete time log. {cost['note']}")
   lines += [
     "",
     "## Zero-shot accuracy on the world's test split",
