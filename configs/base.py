@@ -20,9 +20,9 @@ Worlds (`clipjax.data.synthetic`, each with ground truth):
 
 Targets (issue 16): every single attribute >= 98 %, shape >= 85 %, held-out colour+shape
 >= 60 %, in <= 45 minutes on 2 CPU cores. Status: the recipe is the quickstart's at
-`steps` = 4x its length; seed 0 (3291 CPU-s) meets colour, position and shape but not size
-(94.5 %) or held-out colour+shape (52.6 %); shipped in assets/bases/ (docs/results.md,
-"Reference base models").
+`steps` = 4x its length. Seeds 0-2 (shipped in assets/bases/) meet colour and position; shape
+for 2 of 3; size (90.7-97.6 %) and held-out colour+shape (52.6-57.8 %) for none
+(docs/results.md, "Reference base models").
 """
 
 import ml_collections as mlc
