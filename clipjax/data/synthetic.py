@@ -182,6 +182,12 @@ _PARTIAL_SUBSETS = tuple(
   for keep in itertools.combinations(("size", "colour", "shape", "pos"), n)
 )
 """The non-empty proper subsets of the attributes a partial caption may name (14)."""
+_PARTIAL_SUBSET_CHOICES = {
+  "any": _PARTIAL_SUBSETS,
+  "no_shape": tuple(k for k in _PARTIAL_SUBSETS if "shape" not in k),
+}
+"""`partial_subsets` values: which subsets a partial caption draws from ("no_shape": the 7 that
+name no shape, so the shape word only ever appears in full captions)."""
 _PARTIAL_NOUNS = ("shape", "object", "thing", "figure")
 
 DETAIL_SEP = "; beside it a tiny "
@@ -290,6 +296,7 @@ class SyntheticShapes:
     long_tail: head/tail frequency ratio of the colour+shape classes (1: uniform).
     label_templates: "default" (three prompts per label set) or "rich" (twelve).
     partial_captions: probability that `caption` names only a subset of the attributes.
+    partial_subsets: the subsets a partial caption draws from, "any" or "no_shape".
   """
 
   def __init__(
@@ -310,6 +317,7 @@ class SyntheticShapes:
     long_tail: float = 1.0,
     label_templates: str = "default",
     partial_captions: float = 0.0,
+    partial_subsets: str = "any",
   ):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -334,8 +342,13 @@ class SyntheticShapes:
       raise ValueError(f"label_templates must be 'default' or 'rich', got {label_templates!r}")
     if not 0.0 <= partial_captions <= 1.0:
       raise ValueError(f"partial_captions is a probability in [0, 1], got {partial_captions}")
+    if partial_subsets not in _PARTIAL_SUBSET_CHOICES:
+      raise ValueError(
+        f"partial_subsets must be one of {sorted(_PARTIAL_SUBSET_CHOICES)}, got {partial_subsets!r}"
+      )
     self.split = split
     self.partial_captions = float(partial_captions)
+    self._partial_subsets = _PARTIAL_SUBSET_CHOICES[partial_subsets]
     self.image_size = int(image_size)
     self.seed = int(seed)
     self.shapes = tuple(shapes)
@@ -539,7 +552,7 @@ class SyntheticShapes:
     if u[0] >= self.partial_captions:
       return full
     words = self._words(a)
-    keep = _PARTIAL_SUBSETS[int(u[1] * len(_PARTIAL_SUBSETS))]
+    keep = self._partial_subsets[int(u[1] * len(self._partial_subsets))]
     noun = words["shape"] if "shape" in keep else _PARTIAL_NOUNS[int(u[2] * len(_PARTIAL_NOUNS))]
     text = " ".join(["a"] + [words[k] for k in ("size", "colour") if k in keep] + [noun])
     if "pos" in keep:

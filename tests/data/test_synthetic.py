@@ -237,3 +237,19 @@ def test_partial_captions_name_a_true_subset_and_change_nothing_else():
   assert 8 <= n_partial <= 30  # ~0.3 of 60
   with pytest.raises(ValueError, match="partial_captions is a probability"):
     SyntheticShapes("train", partial_captions=1.5)
+
+
+def test_partial_captions_without_shape_never_name_the_shape():
+  full = SyntheticShapes("train", image_size=24)
+  part = SyntheticShapes("train", image_size=24, partial_captions=1.0, partial_subsets="no_shape")
+  subsets = set()
+  for i in range(80):
+    words = full._words(full.attributes(i))
+    caption = part.get_text(i)["caption"]
+    assert not re.search(rf"\b{words['shape']}\b", caption), caption
+    named = tuple(k for k in ("size", "colour", "pos") if re.search(rf"\b{words[k]}\b", caption))
+    assert named, caption
+    subsets.add(named)
+  assert len(subsets) == 7  # every non-empty subset of size, colour, position occurs
+  with pytest.raises(ValueError, match="partial_subsets must be one of"):
+    SyntheticShapes("train", partial_subsets="some")
