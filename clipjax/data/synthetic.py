@@ -19,6 +19,8 @@ Options (all off by default; the default world is unchanged by them), each with 
   captions do; ``captions`` still lists the full ones. Without it, one-attribute prompts such as
   "a red shape." are never seen in training and their text embeddings drift as shape is learned
   (the quickstart's colour accuracy fell from 98 % at step 250 to 91 % at step 1000).
+  ``partial_subsets="no_shape"`` draws only subsets that leave the shape out (docs/results.md:
+  it costs the quickstart most of its shape accuracy).
 * ``label_templates="rich"``: twelve prompt templates per label set instead of three; with all
   seven shapes and eleven colours (``shapes=SHAPES, colours=tuple(COLOURS)``) the colour+shape
   label set then has 77 classes x 12 descriptions, more than a tiny model's embedding width.
