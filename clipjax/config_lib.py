@@ -181,6 +181,7 @@ def train_config() -> mlc.ConfigDict:
   c.model = mlc.ConfigDict()
   c.model.name = "tiny"  # a key of clipjax.model.VARIANTS
   c.model.init_checkpoint = ""  # clipjax workdir or OpenAI/open_clip/HF checkpoint to start from
+  c.model.reinit = []  # regexes of parameters drawn afresh instead of taken from init_checkpoint
   # Width-128 towers; fixed 2-D sin-cos positions and mean pooling are what lets a tiny ViT
   # learn position words on CPU (shared/QUICKSTART-NOTES.md).
   c.model.overrides = {

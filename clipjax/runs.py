@@ -32,10 +32,12 @@ from etils import epath
 
 from clipjax import checkpointing
 from clipjax import metrics as metrics_lib
+from clipjax import tree as tree_lib
 
 __all__ = [
   "Run",
   "build_model",
+  "checkpoint_settings",
   "config_diffs",
   "open_run",
   "read_json",
@@ -247,6 +249,50 @@ def trained_tokenizer(path: str) -> str:
   return str(exported) if exported.exists() else ""
 
 
+def checkpoint_settings(path: str) -> dict[str, Any]:
+  """The `model` and `data` settings a run starting from checkpoint `path` must share with it.
+
+  Returns `{"model": {"name", "overrides"}, "data": {"image_size", "context_length",
+  "tokenizer"}}`. For a clipjax workdir they are its `config.json`'s. For an imported checkpoint
+  (e.g. an exported base in `assets/bases/`) they describe the config inferred from its weights:
+  "tiny" with every field that differs from it as an override, so a fine-tune's own
+  `config.json` rebuilds the same architecture, and the tokenizer beside the checkpoint.
+  """
+  import clipjax.model as model_lib
+
+  if model_lib.is_workdir(path):
+    cfg = read_run_config(path)
+    data = cfg["data"]
+    return {
+      "model": {"name": cfg["model"]["name"], "overrides": cfg["model"].get("overrides") or {}},
+      "data": {k: data[k] for k in ("image_size", "context_length", "tokenizer")},
+    }
+  config = model_lib.load(path).config
+  ref = model_lib.get_config("tiny")
+  overrides: dict[str, Any] = {}
+  for f in dataclasses.fields(config):
+    value, default = getattr(config, f.name), getattr(ref, f.name)
+    if dataclasses.is_dataclass(value):
+      skip = {"vision": "image_size", "text": "context_length"}[f.name]
+      sub = {
+        g.name: getattr(value, g.name)
+        for g in dataclasses.fields(value)
+        if g.name != skip and getattr(value, g.name) != getattr(default, g.name)
+      }
+      if sub:
+        overrides[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in sub.items()}
+    elif value != default:
+      overrides[f.name] = value
+  return {
+    "model": {"name": "tiny", "overrides": overrides},
+    "data": {
+      "image_size": config.vision.image_size,
+      "context_length": config.text.context_length,
+      "tokenizer": trained_tokenizer(path),
+    },
+  }
+
+
 def read_run_config(workdir: str) -> dict[str, Any]:
   """The `config.json` of a run directory; errors name the file."""
   path = epath.Path(workdir) / CONFIG
@@ -261,7 +307,9 @@ def build_model(
   """`clipjax.model.create` from a `config.model` dict; the data sizes override the model's.
 
   With `model_cfg["init_checkpoint"]` set, starts from that clipjax workdir or imported
-  checkpoint instead of a random init.
+  checkpoint instead of a random init; `model_cfg["reinit"]` (regexes of parameter names, e.g.
+  `["visual/.*"]`) then draws those parameters afresh from `rng` (a new image tower against a
+  trained text tower, as in OT fusion's different-initialisation control).
   """
   import clipjax.model as model_lib
 
@@ -269,8 +317,16 @@ def build_model(
   overrides["vision.image_size"] = image_size
   overrides["text.context_length"] = context_length
   init = model_cfg.get("init_checkpoint") or ""
+  reinit = list(model_cfg.get("reinit") or [])
   if not init:
+    if reinit:
+      raise ValueError(f"model.reinit={reinit} needs a model.init_checkpoint to start from")
     return model_lib.create(model_cfg["name"], rng, **overrides)
-  if model_lib.is_workdir(init):
-    return model_lib.load(init)
-  return model_lib.load(init, **overrides)
+  model = model_lib.load(init) if model_lib.is_workdir(init) else model_lib.load(init, **overrides)
+  if not reinit:
+    return model
+  # Leaves named by model.reinit are drawn afresh from `rng`; the rest keep the checkpoint's.
+  mask = tree_lib.match_mask(model.params, reinit)
+  fresh = model.init_params(rng)
+  params = jax.tree.map(lambda m, new, old: new if m else old, mask, fresh, model.params)
+  return dataclasses.replace(model, params=params)

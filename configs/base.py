@@ -9,6 +9,9 @@ Commands:
   python -m clipjax.main --config configs/base.py:world=distinct --workdir runs/base_distinct
   python -m clipjax.main --config configs/base.py:noise=0.4 --workdir runs/base_noisy40
   python -m clipjax.main --config configs/base.py:smoke --workdir /tmp/base_smoke     # seconds
+  python -m clipjax.main \
+    --config configs/base.py:init=assets/bases/base_s0,fresh_image_tower=True,seed=1,steps=800 \
+    --workdir runs/tower_s1    # a new image tower trained against base_s0's frozen text tower
 
 Worlds (`clipjax.data.synthetic`, each with ground truth):
   shapes    the quickstart world (5 shapes x 6 colours x 2 sizes x 9 cells, 5 held-out
@@ -27,7 +30,7 @@ for 2 of 3; size (90.7-97.6 %) and held-out colour+shape (52.6-57.8 %) for none
 
 import ml_collections as mlc
 
-from clipjax import config_lib
+from clipjax import config_lib, runs
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -38,6 +41,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     world="shapes",
     noise=0.0,  # fraction of training pairs whose caption is another pair's (NCU's premise)
     steps=4 * config_lib.QUICKSTART_STEPS,
+    init="",  # start from this checkpoint (clipjax workdir or exported base) instead of scratch
+    fresh_image_tower=False,  # with init: a new image tower against init's frozen text tower
   )
   c = config_lib.train_config()
   config_lib.apply_shapes_recipe(c, arg.world)
@@ -51,4 +56,18 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.checkpoint.every_steps = arg.steps // 8
   if arg.smoke:
     config_lib.apply_smoke(c)
+  if arg.init:
+    # The checkpoint's architecture, sizes and tokenizer (an exported base loads as
+    # pos_embed="learned" with the sin-cos table folded in: the recipe's own overrides would
+    # add that table twice).
+    settings = runs.checkpoint_settings(arg.init)
+    c.model.name = settings["model"]["name"]
+    c.model.overrides = settings["model"]["overrides"]  # replaced, not merged into the recipe's
+    c.data.update(settings["data"])
+    c.model.init_checkpoint = arg.init
+  if arg.fresh_image_tower:
+    if not arg.init:
+      raise ValueError("fresh_image_tower needs init= (the checkpoint whose text tower is kept)")
+    c.model.reinit = [r"visual/.*"]
+    c.optim.frozen = [r"text/.*", r"logit_scale"]
   return c

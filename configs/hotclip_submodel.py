@@ -1,11 +1,13 @@
 """HOT-CLIP: one adversarially fine-tuned submodel (attack a, prompt template t) of the fusion grid.
 
-Fine-tunes the visual tower of `model.init_checkpoint` (a clipjax workdir, e.g. the quickstart)
+Fine-tunes the visual tower of `model.init_checkpoint` (a clipjax workdir, e.g. the quickstart,
+or an exported checkpoint such as the shipped base `assets/bases/base_s0`)
 with TeCoA (`loss=tecoa`: cross-entropy of zero-shot logits of ℓ∞ adversarial images against the
 class prompts "template_t(classname)" of one label set of the synthetic world) or FARE
 (`loss=fare`); text tower and logit scale frozen. ε, step size are in 1/255 pixel units.
-Pass the base as `init=WORKDIR` (not `--config.model.init_checkpoint`): its architecture, image
-size and context length are then read from its config.json before the prompts are tokenised.
+Pass the base as `init=PATH` (not `--config.model.init_checkpoint`): its architecture, image
+size, context length and tokenizer are then read from it (`runs.checkpoint_settings`) before the
+prompts are tokenised.
 
 Commands:
   python -m clipjax.main --config configs/quickstart.py --workdir /tmp/hot_base \
@@ -23,7 +25,6 @@ Paper settings (appendix D, ViT-L/14 on ImageNet): AdamW lr 1e-5, wd 0.01, batch
 import ml_collections as mlc
 
 from clipjax import config_lib, runs
-from clipjax import model as model_lib
 from clipjax.data import registry
 from clipjax.data.sources import label_sets_of
 from clipjax.data.tokenizer import Tokenizer
@@ -32,9 +33,15 @@ FROZEN = [r"text/.*", r"logit_scale"]
 
 
 def class_prompt_ids(
-  data_spec: dict, image_size: int, context_length: int, label_set: str, prompt: int
+  data_spec: dict,
+  image_size: int,
+  context_length: int,
+  label_set: str,
+  prompt: int,
+  tokenizer: str = "",
 ) -> list[list[int]]:
-  """[C, L] token ids of `templates[prompt].format(classname)` for every class of `label_set`."""
+  """[C, L] token ids of `templates[prompt].format(classname)` for every class of `label_set`,
+  by the `data.tokenizer` the model was trained with ("" = OpenAI's)."""
   sets = label_sets_of(registry.build_source(dict(data_spec), image_size))
   if label_set not in sets:
     raise ValueError(f"label_set={label_set!r} is not one of the source's {sorted(sets)}")
@@ -43,7 +50,7 @@ def class_prompt_ids(
     raise ValueError(
       f"prompt={prompt} is out of range for {len(ls.templates)} templates {ls.templates}"
     )
-  tok = Tokenizer(None, context_length=context_length)
+  tok = Tokenizer(tokenizer or None, context_length=context_length)
   return tok([ls.templates[prompt].format(c) for c in ls.classnames]).astype(int).tolist()
 
 
@@ -75,14 +82,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.eval.every_steps = 60
     c.eval.max_examples = 100  # a monitor only; the hotclip_fuse task evaluates the submodels
   c.model.init_checkpoint = arg.init
-  if arg.init and model_lib.is_workdir(arg.init):
+  if arg.init:
     # The base's architecture and data sizes, so that the class prompts below are tokenised at
     # the base's context length (a later --config.data.context_length would not re-tokenise).
-    base = runs.read_run_config(arg.init)
+    base = runs.checkpoint_settings(arg.init)
     c.model.name = base["model"]["name"]
-    c.model.overrides = base["model"].get("overrides") or {}
-    for key in ("image_size", "context_length", "tokenizer"):
-      c.data[key] = base["data"][key]
+    c.model.overrides = base["model"]["overrides"]
+    c.data.update(base["data"])
   c.data.train_labels = [arg.label_set]
   c.optim.lr = 1e-4
   c.optim.weight_decay = 0.01
@@ -102,6 +108,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       c.data.context_length,
       arg.label_set,
       arg.prompt,
+      c.data.tokenizer,
     )
     c.method.name = "hotclip_tecoa"
     c.method.kwargs = {

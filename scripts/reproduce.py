@@ -59,8 +59,9 @@ def load_method(name: str):
   return importlib.import_module(f"repro.{name}")
 
 
-def _fill(text: str, root: pathlib.Path) -> str:
-  return text.replace("{root}", str(root))
+def _fill(text: str, root: pathlib.Path, repo: pathlib.Path | str = REPO) -> str:
+  """`{root}` -> ROOT, `{repo}` -> the repository (records write "ROOT" and "REPO")."""
+  return text.replace("{root}", str(root)).replace("{repo}", str(repo))
 
 
 def train_command(run: grid_lib.Run, root: pathlib.Path) -> list[str]:
@@ -148,8 +149,8 @@ def make_record(method: str, module, run: grid_lib.Run, root: pathlib.Path, quic
     "method": method,
     "run": run.name,
     "group": run.group,
-    "config": _fill(run.config, pathlib.Path("ROOT")),
-    "overrides": [_fill(o, pathlib.Path("ROOT")) for o in run.overrides],
+    "config": _fill(run.config, pathlib.Path("ROOT"), "REPO"),
+    "overrides": [_fill(o, pathlib.Path("ROOT"), "REPO") for o in run.overrides],
     "seed": run.seed,
     "base": run.base,
     "quick": quick,

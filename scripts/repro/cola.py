@@ -1,7 +1,7 @@
 """COLA (Zhu et al., NeurIPS 2025): training-free defence evaluated on the base checkpoints.
 
-Grid: the bases (`repro.bases`), then per base and per view-sampling seed one `cola_eval` run
-(`configs/cola.py:ckpt=ROOT/<base>,label_set=colour,n=200,eps=1+4,eot=4,queries=200`, the
+Grid: per base (the shipped `assets/bases/base_s{b}`; `--quick` trains toy ones, `repro.bases`)
+and per view-sampling seed one `cola_eval` run (`configs/cola.py:<FULL_ARGS>,ckpt=<base>`, the
 documented run 3 of the page; `--config.seed` draws the views): clean, transfer (the paper's
 non-adaptive protocol: attack the undefended classifier) and adaptive (PGD through the defence
 with EOT over the views; Square) robust accuracy of the undefended classifier (`base`), COLA and
@@ -24,15 +24,16 @@ def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
     raise ValueError("COLA evaluates base checkpoints: --bases must be ≥ 1")
   out = bases_lib.base_runs(bases, quick)
   for b in range(bases):
-    base = bases_lib.base_name(b)
+    base = bases_lib.base_name(b, quick=quick)
     for s in range(seeds):
       out.append(
         Run(
           name=f"cola_b{b}_s{s}",
-          config=f"configs/cola.py:{'smoke' if quick else FULL_ARGS},ckpt={{root}}/{base}",
+          config=f"configs/cola.py:{'smoke' if quick else FULL_ARGS},"
+          f"ckpt={bases_lib.base_path(b, quick=quick)}",
           group="cola_eval",
           overrides=(f"--config.seed={s}",),
-          deps=(base,),
+          deps=bases_lib.base_deps(b, quick=quick),
           seed=s,
           base=base,
         )

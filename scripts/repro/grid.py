@@ -4,8 +4,8 @@ A method module `scripts/repro/<method>.py` defines:
 
 * `SEEDS`, `BASES`: default numbers of seeds and base checkpoints of the full grid;
 * `grid(quick, seeds, bases) -> list[Run]`: every run, each a normal `python -m clipjax.main`
-  workdir `ROOT/<run.name>` (`{root}` in its config string and overrides is replaced by ROOT),
-  with the runs it needs listed in `deps`;
+  workdir `ROOT/<run.name>` (`{root}` in its config string and overrides is replaced by ROOT,
+  `{repo}` by the repository), with the runs it needs listed in `deps`;
 * `metrics(run, workdir) -> dict[str, float]`: the numbers its tables need, read from the finished
   workdir (`summary.json`, the post-run evaluation's JSON, ...);
 * optionally, post-run evaluation functions named by `Run.evaluate`:
@@ -41,9 +41,9 @@ class Run:
 
   Attributes:
     name: workdir name under ROOT (unique in the grid).
-    config: `configs/<x>.py:<arg>`; `{root}` is replaced by ROOT.
+    config: `configs/<x>.py:<arg>`; `{root}` is replaced by ROOT, `{repo}` by the repository.
     group: the table row this run belongs to (e.g. the training loss).
-    overrides: extra `--config.<key>=<value>` flags (`{root}` replaced).
+    overrides: extra `--config.<key>=<value>` flags (`{root}`, `{repo}` replaced).
     deps: names of runs that must be finished first (e.g. the base a fine-tune starts from).
     seed: the seed of this run (pairs runs across groups); None if it has none.
     base: name of the base run it starts from or evaluates (pairs runs too); None if none.

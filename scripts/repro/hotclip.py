@@ -1,10 +1,23 @@
 """HOT-CLIP (ICLR 2026 submission): an attacks × templates grid of TeCoA submodels, then OT fusion.
 
-Grid: the bases (`repro.bases`); per base and seed, the |A| × |T| submodels
-(`configs/hotclip_submodel.py:attack=<a>,prompt=<t>,init=ROOT/<base>`, 50 steps at lr 3e-4 as on
-the page, seed 100·s + t) and one `hotclip_fuse` run that fuses them (hierarchical OT = Algorithm
-1, direct OT, average, output ensemble) and evaluates every model (clean and PGD-10 / APGD-CE-10
-at 2 and 4/255 on 500 test images, `configs/hotclip_fuse.py` defaults).
+Grid, per base b (the shipped `assets/bases/base_s{b}`, `repro.bases`) and seed s:
+
+* the |A| × |T| submodels `configs/hotclip_submodel.py:attack=<a>,prompt=<t>,init=<base>`
+  (`SUB_STEPS` steps at lr `SUB_LR`, seed 100·s + t);
+* `hot_b{b}_s{s}_fused`: `hotclip_fuse` at its defaults (Sinkhorn τ = 0.08 on the cost as
+  written, per-head maps, residual-stream and LayerNorm alignment: the shipped bases load with
+  learned positions, so `residual="auto"` is "mean") with Algorithm 1's intra-attack TeCoA and
+  inter-attack FARE fine-tunes on (`INTRA_STEPS`, `INTER_STEPS`); it evaluates the base, the
+  hierarchical fusion (Algorithm 1), direct OT, average, output ensemble and every submodel
+  (clean and PGD-10 / APGD-CE-10 at 2 and 4/255 on 500 test images, shape label set);
+* `hot_b{b}_s{s}_noft`: the same hierarchical fusion without the fine-tunes (what Algorithm 1's
+  alignment alone gives, comparable to direct OT and average, which get no fine-tune);
+* the different-initialisation control (OTFusion's premise): two image towers drawn fresh from
+  seeds 1 + 2s and 2 + 2s and trained `CONTROL_STEPS` steps against base b's frozen text tower
+  (`configs/base.py:init=<base>,fresh_image_tower=True`), fused by direct OT and by averaging
+  (`ctrl_b{b}_s{s}_fused`, PGD-10 at 2/255 only).
+
+The controls come first in the grid (they are cheaper), then the fusion grids base by base.
 """
 
 from __future__ import annotations
@@ -15,16 +28,56 @@ from repro import bases as bases_lib
 from repro.grid import Claim, Column, Run, Table, read_json
 
 SEEDS = 1
-BASES = 1
+BASES = 3
 ATTACKS = ("fgsm", "pgd", "mim")
 PROMPTS = 3
-FT_STEPS = 50
-FT_LR = 3e-4
+SUB_STEPS = 100
+SUB_LR = 3e-4
+INTRA_STEPS = 30
+INTER_STEPS = 30
+CONTROL_STEPS = 400
 QUICK_ATTACKS = ("fgsm", "pgd")
 QUICK_PROMPTS = 2
 FUSED = ("hierarchical", "direct_ot", "average", "ensemble")
 MODELS = ("base", *FUSED, "sub_mean", "sub_best")
+CONTROL_MODELS = ("sub_mean", "direct_ot", "average", "ensemble")
 ATTACK_LABELS = ("pgd@2/255", "pgd@4/255", "apgd-ce@2/255", "apgd-ce@4/255")
+
+
+def _steps(n: int) -> tuple[str, ...]:
+  return (
+    f"--config.total_steps={n}",
+    f"--config.checkpoint.every_steps={n}",
+    f"--config.eval.every_steps={n}",
+  )
+
+
+def _control(b: int, s: int, quick: bool) -> list[Run]:
+  base, deps = bases_lib.base_path(b, quick=quick), bases_lib.base_deps(b, quick=quick)
+  name = bases_lib.base_name(b, quick=quick)
+  stem = f"ctrl_b{b}_s{s}"
+  towers = [
+    Run(
+      name=f"{stem}_{tag}_0",
+      config=f"configs/base.py:{'smoke,' if quick else ''}init={base},fresh_image_tower=True,"
+      f"seed={1 + 2 * s + i}" + ("" if quick else f",steps={CONTROL_STEPS}"),
+      group=f"control_tower/{tag}",
+      deps=deps,
+      seed=s,
+      base=name,
+    )
+    for i, tag in enumerate("ab")
+  ]
+  fuse = Run(
+    name=f"{stem}_fused",
+    config=f"configs/hotclip_fuse.py:{'smoke,' if quick else ''}root={{root}}/{stem},attacks=a+b,"
+    "prompts=1,fusions=direct_ot+average+ensemble,eval_attacks=light",
+    group="control",
+    deps=tuple(t.name for t in towers),
+    seed=s,
+    base=name,
+  )
+  return [*towers, fuse]
 
 
 def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
@@ -32,58 +85,76 @@ def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
     raise ValueError("HOT-CLIP fine-tunes base checkpoints: --bases must be ≥ 1")
   attacks, prompts = (QUICK_ATTACKS, QUICK_PROMPTS) if quick else (ATTACKS, PROMPTS)
   out = bases_lib.base_runs(bases, quick)
+  out += [r for b in range(bases) for s in range(seeds) for r in _control(b, s, quick)]
   for b in range(bases):
-    base = bases_lib.base_name(b)
+    base, deps = bases_lib.base_path(b, quick=quick), bases_lib.base_deps(b, quick=quick)
+    name = bases_lib.base_name(b, quick=quick)
     for s in range(seeds):
       stem = f"hot_b{b}_s{s}"
-      subs = []
-      for a in attacks:
-        for t in range(prompts):
-          steps = (
-            ()
-            if quick
-            else (
-              f"--config.total_steps={FT_STEPS}",
-              f"--config.checkpoint.every_steps={FT_STEPS}",
-              f"--config.eval.every_steps={FT_STEPS}",
-              f"--config.optim.lr={FT_LR}",
-            )
-          )
-          sub = Run(
-            name=f"{stem}_{a}_{t}",
-            config=f"configs/hotclip_submodel.py:{'smoke,' if quick else ''}attack={a},prompt={t},"
-            f"init={{root}}/{base}",
-            group=f"submodel/{a}_{t}",
-            overrides=(*steps, f"--config.seed={100 * s + t}"),
-            deps=(base,),
-            seed=s,
-            base=base,
-          )
-          subs.append(sub)
+      subs = [
+        Run(
+          name=f"{stem}_{a}_{t}",
+          config=f"configs/hotclip_submodel.py:{'smoke,' if quick else ''}attack={a},prompt={t},"
+          f"init={base}",
+          group=f"submodel/{a}_{t}",
+          overrides=(
+            *(() if quick else (*_steps(SUB_STEPS), f"--config.optim.lr={SUB_LR}")),
+            f"--config.seed={100 * s + t}",
+          ),
+          deps=deps,
+          seed=s,
+          base=name,
+        )
+        for a in attacks
+        for t in range(prompts)
+      ]
       out += subs
+      fuse = f"configs/hotclip_fuse.py:{'smoke,' if quick else ''}root={{root}}/{stem},"
+      fuse += f"attacks={'+'.join(attacks)},prompts={prompts}"
+      finetunes = () if quick else (
+        f"--config.finetune.intra_steps={INTRA_STEPS}",
+        f"--config.finetune.inter_steps={INTER_STEPS}",
+      )  # fmt: skip
       out.append(
         Run(
           name=f"{stem}_fused",
-          config=f"configs/hotclip_fuse.py:{'smoke,' if quick else ''}root={{root}}/{stem},"
-          f"attacks={'+'.join(attacks)},prompts={prompts}",
+          config=fuse,
           group="fusion",
-          overrides=(f"--config.base={{root}}/{base}",),
+          overrides=(f"--config.base={base}", *finetunes),
           deps=tuple(r.name for r in subs),
           seed=s,
-          base=base,
+          base=name,
+        )
+      )
+      out.append(
+        Run(
+          name=f"{stem}_noft",
+          config=fuse + ",fusions=hierarchical,submodels=False",
+          group="fusion_noft",
+          overrides=(
+            "--config.finetune.intra_steps=0",
+            "--config.finetune.inter_steps=0",
+          ),
+          deps=tuple(r.name for r in subs),
+          seed=s,
+          base=name,
         )
       )
   return out
 
 
+FUSION_GROUPS = ("fusion", "fusion_noft", "control")
+
+
 def metrics(run: Run, workdir: str) -> dict[str, float]:
   summary = read_json(workdir, "summary.json")
-  if run.group != "fusion":
+  if run.group not in FUSION_GROUPS:
     return {k: v for k, v in summary.items() if k.endswith("/acc1") or "robust" in k}
-  models = summary["models"]
   out: dict[str, float] = {}
-  for name, res in models.items():
+  for name, res in summary["models"].items():
     key = "sub" if name.startswith("sub[") else name
+    if run.group == "fusion_noft":
+      key += "_noft"
     for k, v in res.items():
       if isinstance(v, (int, float)) and not isinstance(v, bool):
         if key == "sub":
@@ -98,17 +169,40 @@ def metrics(run: Run, workdir: str) -> dict[str, float]:
   return out
 
 
+_ACC = (
+  Column("{row}/clean_acc", "clean"),
+  *(Column(f"{{row}}/robust_acc/{lab}", lab) for lab in ATTACK_LABELS),
+  Column("{row}/robust_acc_worst", "worst over attacks"),
+)
+_MASS = (
+  Column("{row}/identity_mass_mean", "identity mass (mean)", 1.0, 3),
+  Column("{row}/identity_mass_min", "identity mass (min)", 1.0, 3),
+)
 TABLES = (
   Table(
     "Clean and robust zero-shot accuracy (%) of the base, the fused models and the submodels "
-    "(`sub_mean`: mean over the grid; `sub_best`: best submodel per column)",
-    (
-      Column("{row}/clean_acc", "clean"),
-      *(Column(f"{{row}}/robust_acc/{lab}", lab) for lab in ATTACK_LABELS),
-      Column("{row}/robust_acc_worst", "worst over attacks"),
-    ),
+    "(`sub_mean`: mean over the grid; `sub_best`: best submodel per column); identity mass: the "
+    "mass a transport map keeps on the identity (1: no re-ordering)",
+    (*_ACC, *_MASS),
     ("fusion",),
     MODELS,
+  ),
+  Table(
+    "Hierarchical fusion without Algorithm 1's fine-tunes (alignment and averaging only)",
+    (*_ACC, *_MASS),
+    ("fusion_noft",),
+    ("hierarchical_noft",),
+  ),
+  Table(
+    "Different-initialisation control: two image towers trained from fresh draws against the "
+    "base's frozen text tower (`sub_mean`: the two towers), clean and PGD-10 at 2/255 (%)",
+    (
+      Column("{row}/clean_acc", "clean"),
+      Column("{row}/robust_acc/pgd@2/255", "pgd@2/255"),
+      *_MASS,
+    ),
+    ("control",),
+    CONTROL_MODELS,
   ),
 )
 
@@ -116,7 +210,7 @@ _TABLE5 = "Table 5 order (hierarchical > direct OT > average); no number recover
 CLAIMS = (
   Claim(
     "hierarchical > average",
-    "hierarchical OT fusion is more robust than plain weight averaging",
+    "hierarchical OT fusion (Algorithm 1) is more robust than plain weight averaging",
     "hierarchical/robust_acc_worst",
     "average/robust_acc_worst",
     ("fusion",),
@@ -126,7 +220,7 @@ CLAIMS = (
   ),
   Claim(
     "hierarchical > direct OT",
-    "hierarchical OT fusion is more robust than one-level (direct) OT fusion",
+    "hierarchical OT fusion (Algorithm 1) is more robust than one-level (direct) OT fusion",
     "hierarchical/robust_acc_worst",
     "direct_ot/robust_acc_worst",
     ("fusion",),
@@ -135,12 +229,41 @@ CLAIMS = (
     _TABLE5,
   ),
   Claim(
+    "direct OT > average",
+    "one-level OT fusion is more robust than plain weight averaging",
+    "direct_ot/robust_acc_worst",
+    "average/robust_acc_worst",
+    ("fusion",),
+    None,
+    1,
+    _TABLE5,
+  ),
+  Claim(
+    "alignment alone > average",
+    "hierarchical fusion without the fine-tunes is more robust than plain weight averaging",
+    "hierarchical_noft/robust_acc_worst",
+    "average/robust_acc_worst",
+    ("fusion_noft",),
+    "fusion",
+    1,
+  ),
+  Claim(
     "fusion > submodels",
-    "the fused model is more robust across attacks than the average submodel",
+    "the fused model (Algorithm 1) is more robust across attacks than the average submodel",
     "hierarchical/robust_acc_worst",
     "sub_mean/robust_acc_worst",
     ("fusion",),
     None,
     1,
+  ),
+  Claim(
+    "OT fusion does not collapse (control)",
+    "from different initialisations, OT fusion keeps more clean accuracy than averaging",
+    "direct_ot/clean_acc",
+    "average/clean_acc",
+    ("control",),
+    None,
+    1,
+    "OTFusion's premise (Singh & Jaggi 2020), which HOT-CLIP builds on",
   ),
 )
