@@ -55,3 +55,55 @@ def test_results_page_table_is_generated_from_the_cards():
   assert page[start : page.index("<!-- /bases-table -->")] == table, (
     "regenerate: python scripts/export_base.py --table assets/bases"
   )
+
+
+def _config(name: str, arg: str):
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def test_checkpoint_settings_of_a_shipped_base_rebuild_its_model():
+  """A run from an exported base gets its architecture (an exported base loads with the sin-cos
+  table folded into learned positions), sizes and tokenizer; its config.json rebuilds it."""
+  import clipjax.model as model_lib
+  from clipjax import runs
+
+  base = str(BASES[0].parent)
+  settings = runs.checkpoint_settings(base)
+  loaded = model_lib.load(base).config
+  assert loaded.vision.pos_embed == "learned"
+  assert settings["data"] == {
+    "image_size": loaded.vision.image_size,
+    "context_length": loaded.text.context_length,
+    "tokenizer": str(BASES[0].parent / "bpe.txt.gz"),
+  }
+  rebuilt = model_lib.get_config(
+    settings["model"]["name"],
+    **model_lib.flatten_overrides(settings["model"]["overrides"]),
+    **{"vision.image_size": 48, "text.context_length": 16},
+  )
+  assert rebuilt == loaded
+
+
+def test_configs_started_from_a_shipped_base_match_it():
+  """configs/base.py:init= replaces (not merges) the recipe's model overrides, and a HOT-CLIP
+  submodel tokenises its class prompts with the base's own tokenizer."""
+  from clipjax.data.tokenizer import Tokenizer
+
+  base = str(BASES[0].parent)
+  c = _config("base", f"init={base},fresh_image_tower=True,seed=1")
+  assert c.model.init_checkpoint == base and c.data.tokenizer.endswith("bpe.txt.gz")
+  assert "pos_embed" not in c.model.overrides.vision  # the recipe's learned+sincos2d is gone
+  assert list(c.model.reinit) == [r"visual/.*"]
+  assert list(c.optim.frozen) == [r"text/.*", r"logit_scale"]
+  sub = _config("hotclip_submodel", f"attack=pgd,prompt=1,init={base}")
+  from clipjax.data import registry
+  from clipjax.data.sources import label_sets_of
+
+  shape = label_sets_of(registry.build_source(dict(sub.data.train), 48))["shape"]
+  tok = Tokenizer(str(BASES[0].parent / "bpe.txt.gz"), context_length=16)
+  want = tok([shape.templates[1].format(c) for c in shape.classnames]).astype(int).tolist()
+  assert [list(r) for r in sub.method.kwargs.class_ids] == want
+  assert max(max(r) for r in want) < tok.vocab_size < Tokenizer().vocab_size

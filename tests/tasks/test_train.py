@@ -360,3 +360,31 @@ def test_init_from_a_clipjax_run_keeps_its_tokenizer_and_a_misfit_is_refused(tmp
   with pytest.raises(ValueError, match=r"data.tokenizer=.*vocabulary 49408.*vocabulary 757"):
     train_task.run(bad, str(tmp_path / "c"))
   assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_model_reinit_redraws_only_the_named_parameters(tmp_path):
+  """model.reinit: the named leaves come from a fresh draw, every other leaf from the checkpoint;
+  it needs an init checkpoint, and a pattern that names nothing is an error."""
+  from clipjax import runs
+  from clipjax import tree as tree_lib
+  from clipjax.model import create
+
+  model = create("tiny", jax.random.key(0), **{"vision.image_size": 32})
+  cfg = {"model": {"name": "tiny", "overrides": {}}, "data": {"image_size": 32,
+         "context_length": model.config.text.context_length}}  # fmt: skip
+  init = runs.save_params_workdir(model.params, cfg, str(tmp_path / "init"))
+  spec = {"name": "tiny", "init_checkpoint": init, "reinit": [r"visual/.*"]}
+  ctx = model.config.text.context_length
+  got = runs.build_model(spec, 32, ctx, jax.random.key(1))
+  fresh = model.init_params(jax.random.key(1))
+  old, new, drawn = (
+    dict(tree_lib.flatten_with_names(p)) for p in (model.params, got.params, fresh)
+  )
+  for name, leaf in new.items():
+    want = drawn[name] if name.startswith("visual/") else old[name]
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(want), err_msg=name)
+  assert not np.array_equal(new["visual/conv1/kernel"], old["visual/conv1/kernel"])
+  with pytest.raises(ValueError, match="needs a model.init_checkpoint"):
+    runs.build_model({**spec, "init_checkpoint": ""}, 32, ctx, jax.random.key(1))
+  with pytest.raises(ValueError, match="matched no parameter"):
+    runs.build_model({**spec, "reinit": ["vision/.*"]}, 32, ctx, jax.random.key(1))
