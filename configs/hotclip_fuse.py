@@ -18,6 +18,8 @@ Commands:
 
 Paper settings (appendix D): weight representations, l2-normalised, squared Euclidean cost,
 Sinkhorn τ = 0.08 on the cost as written (in [0, 4]), uniform measures and weights.
+`--config.align.representation=acts` aligns units on their activations (the model's own
+intermediates) on the first `acts_examples` images of the anchor's training data instead.
 """
 
 import ml_collections as mlc
@@ -81,6 +83,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     "threshold": 1e-6,
     "max_iterations": 5000,
   }
+  c.acts_examples = 64  # training images that align.representation="acts" compares units on
   c.finetune = {
     "intra_steps": 0,  # TeCoA steps after each intra-attack fusion (Algorithm 1 line 20)
     "inter_steps": 0,  # FARE steps after the inter-attack fusion (unsupervised)

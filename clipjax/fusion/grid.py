@@ -82,6 +82,7 @@ def fuse_grid(
   anchor: tuple[int, int],
   intra_finetune: Callable[[int, dict], dict] | None = None,
   inter_finetune: Callable[[dict], dict] | None = None,
+  acts_fn: align_lib.ActsFn | None = None,
 ) -> tuple[dict, dict[str, Any]]:
   """Builds fusion `name` (one of `PARAM_FUSIONS`) of the grid and measures its cost.
 
@@ -93,6 +94,8 @@ def fuse_grid(
     anchor: (attack, prompt) of the anchor submodel.
     intra_finetune: "hierarchical" only: `(a, params) -> params` after each intra-attack fusion.
     inter_finetune: "hierarchical" only: `params -> params` after the inter-attack fusion.
+    acts_fn: the activation function of `options.representation="acts"` (OT fusions), e.g.
+      `align.vit_activations(model, pixels)`.
 
   Returns:
     `(params, info)`; info has `fusion_seconds` (fine-tunes included), `checkpoint_loads` (loader
@@ -132,9 +135,12 @@ def fuse_grid(
       anchor_prompt=anchor[1],
       intra_finetune=timed(intra_finetune),
       inter_finetune=timed(inter_finetune),
+      acts_fn=acts_fn,
     )
   elif name == "direct_ot":
-    build = lambda: hierarchical.direct_ot(grid, spec=spec, options=options, anchor=tuple(anchor))
+    build = lambda: hierarchical.direct_ot(
+      grid, spec=spec, options=options, anchor=tuple(anchor), acts_fn=acts_fn
+    )
   elif name == "average":
     build = lambda: hierarchical.direct_average(grid, spec=spec)
   else:
@@ -165,6 +171,7 @@ def fuse_and_evaluate(
   intra_finetune: Callable[[int, dict], dict] | None = None,
   inter_finetune: Callable[[dict], dict] | None = None,
   on_fused: Callable[[str, dict], dict[str, Any]] | None = None,
+  acts_fn: align_lib.ActsFn | None = None,
 ) -> dict[str, dict[str, Any]]:
   """Builds and evaluates each model of `fusions` (names in `FUSIONS`), in that order.
 
@@ -173,7 +180,7 @@ def fuse_and_evaluate(
 
   Args:
     fusions: the models to build.
-    loaders, spec, options, anchor, intra_finetune, inter_finetune: as in `fuse_grid`.
+    loaders, spec, options, anchor, intra_finetune, inter_finetune, acts_fn: as in `fuse_grid`.
     encode_image: `(params, pixels_bhwc) -> features` with `.emb` (e.g. `CLIP.encode_image`).
     evaluate: `encode(pixels_bhwc) -> emb_bd` -> the model's evaluation entries.
     on_fused: `(name, params) -> entries`, called after a fused model's evaluation (e.g. to
@@ -201,6 +208,7 @@ def fuse_and_evaluate(
       anchor=anchor,
       intra_finetune=intra_finetune,
       inter_finetune=inter_finetune,
+      acts_fn=acts_fn,
     )
   for name, params in fused.items():
     results[name].update(evaluate(lambda x, params=params: encode_image(params, x).emb))

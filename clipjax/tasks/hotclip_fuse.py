@@ -134,6 +134,23 @@ def _evaluator(config: mlc.ConfigDict, model: Any, anchor_cfg: dict) -> tuple[Ca
   return evaluate, templates
 
 
+def _alignment_images(anchor_cfg: dict, model: Any, n: int) -> np.ndarray:
+  """The first `n` images of the anchor's training data ([n, s, s, 3]): what activation-based
+  alignment (`align.representation="acts"`) compares units on (never the evaluation images)."""
+  if n < 1:
+    raise ValueError(f"acts_examples={n} must be >= 1 for align.representation='acts'")
+  size = model.config.vision.image_size
+  tok = Tokenizer(anchor_cfg["data"].get("tokenizer") or None, model.config.text.context_length)
+  source = registry.build_source(dict(anchor_cfg["data"]["train"]), size)
+  images, seen = [], 0
+  for b in pipeline.iterate_eval(source, batch_size=min(n, 256), image_size=size, tokenize=tok):
+    images.append(np.asarray(b["image"])[np.asarray(b["valid"])])
+    seen += len(images[-1])
+    if seen >= n:
+      break
+  return np.concatenate(images)[:n]
+
+
 def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   """Fuses `config.workdirs` per `config.fusions`, evaluates, saves and exports; see module doc."""
   grid = _grid(config)
@@ -162,6 +179,10 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   options = align_lib.AlignOptions(**config.align.to_dict())
 
   evaluate, templates = _evaluator(config, model, anchor_cfg)
+  acts_fn = None
+  if options.representation == "acts":
+    pixels = _alignment_images(anchor_cfg, model, int(config.acts_examples))
+    acts_fn = align_lib.vit_activations(model, pixels)
   run_dir.start()
 
   def load(wd: str) -> dict:
@@ -200,6 +221,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     intra_finetune=intra,
     inter_finetune=inter,
     on_fused=save_and_export,
+    acts_fn=acts_fn,
   )
   if "hierarchical" in results:
     ft = config.finetune

@@ -260,3 +260,36 @@ def test_fuse_task_smoke_on_two_workdirs(tmp_path):
   assert models["direct_ot"]["checkpoint_loads"] == 2
   assert os.path.exists(models["average"]["export/openai"])
   assert (tmp_path / "fused" / "results.md").exists()
+
+
+def test_fuse_task_aligns_on_activations_of_training_images(tmp_path):
+  """align.representation="acts": the task compares units on the anchor's training images, so
+  exact direct OT fusion of a model with a function-preserving permuted copy returns the model."""
+  from clipjax import fusion
+  from clipjax.tasks import hotclip_fuse as task
+
+  sub_config = _config("hotclip_submodel", "smoke,attack=pgd,prompt=0")
+  run_config = json.loads(sub_config.to_json_best_effort())
+  model = loop.build_model(sub_config, jax.random.key(3))
+  assert model.config.vision.pos_embed == "learned"  # the residual stream can be permuted
+  spec = fusion.vit_spec_for(model.config, residual="mean", head_mode="per_head")
+  maps = fusion.random_permutation_maps(spec, model.config, np.random.default_rng(1))
+  permuted = fusion.apply_maps(model.params, spec, maps)
+  sub = runs.save_params_workdir(model.params, run_config, str(tmp_path / "sub"))
+  other = runs.save_params_workdir(permuted, run_config, str(tmp_path / "other"))
+  config = _config("hotclip_fuse", "smoke,fusions=direct_ot,submodels=False")
+  config.workdirs = [[sub], [other]]
+  config.align.representation = "acts"
+  config.align.solver = "exact"
+  config.acts_examples = 8
+  config.eval.attacks = config.eval.attacks[:1]
+  config.export_layouts = []
+  summary = task.run(config, str(tmp_path / "fused"))
+  assert summary["spec_residual"] == "mean" and summary["align"]["representation"] == "acts"
+  fused = model_lib.load(summary["models"]["direct_ot"]["saved"]).params
+  for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(model.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  assert summary["models"]["direct_ot"]["identity_mass_mean"] < 0.5  # the maps undid a shuffle
+  config.acts_examples = 0
+  with pytest.raises(ValueError, match="acts_examples"):
+    task.run(config, str(tmp_path / "fused_none"))
