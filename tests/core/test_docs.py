@@ -66,6 +66,7 @@ RETIRED_SCRIPTS = {
   "scripts/ncu_repro.py": "replaced by `scripts/reproduce.py ncu`",
   "scripts/otcclip_repro.py": "replaced by `scripts/reproduce.py otcclip`",
   "scripts/otclip_repro.py": "replaced by `scripts/reproduce.py otclip`",
+  "scripts/hotclip_control.py": "replaced by the control runs of `scripts/reproduce.py hotclip`",
 }
 
 # Python blocks: first line -> ("run", {old: new} substitutions) or ("skip", reason).
