@@ -10,15 +10,16 @@ Commands (the first trains the quickstart tiny CLIP, ~10 min on 2 CPU cores):
   # digits: a model from configs/quickstart.py:world=digits
   python -m clipjax.main --config configs/cola.py:ckpt=/tmp/qs_digits,world=digits --workdir DIR
 
-`ckpt` is a clipjax workdir (its checkpoints/) or an OpenAI/open_clip/HF checkpoint; the model
-section must match the checkpoint (here: the quickstart tiny CLIP). Results: workdir/results.md
+`ckpt` is a clipjax workdir (its checkpoints/) or an OpenAI/open_clip/HF checkpoint such as a
+shipped base (`assets/bases/base_s0`); the model section, image size, context length and
+tokenizer are read from it (`runs.checkpoint_settings`). Results: workdir/results.md
 and summary.json; measured numbers in docs/results/cola.md. Every COLA value is explicit below;
 the reconstructed ones (no public code) are documented in clipjax/methods/cola.py.
 """
 
 import ml_collections as mlc
 
-from clipjax import config_lib
+from clipjax import config_lib, runs
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -170,4 +171,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     ]
     c.eot_draws = 1
     c.adaptive_variants = ["cola"]
+  if arg.ckpt:
+    # The checkpoint's own architecture, sizes and tokenizer (an exported base loads with its
+    # sin-cos table folded into learned positions: the recipe's overrides would not fit it).
+    settings = runs.checkpoint_settings(arg.ckpt)
+    c.model.name = settings["model"]["name"]
+    c.model.overrides = settings["model"]["overrides"]
+    c.data.update(settings["data"])
   return c

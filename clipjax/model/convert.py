@@ -788,6 +788,15 @@ def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[CLIPConf
   infer = _infer_hf if layout == "hf" else _infer_openai
   inferred = infer(state, directory, _header_metadata(path), where, overrides)
   config = get_config(inferred, **overrides)
+  if config.vision.pos_embed != inferred.vision.pos_embed:
+    # No layout stores a fixed table, and `export` folds one into the learned positions: adding
+    # it on import would add it twice (or to a model that never had one).
+    raise CheckpointError(
+      f"{where}: override vision.pos_embed={config.vision.pos_embed!r}, but the checkpoint's "
+      f"positions are {inferred.vision.pos_embed!r} (an exported 'learned+sincos2d' model has "
+      "its sin-cos table folded into them); drop the override, e.g. start from "
+      "configs/base.py:init=PATH, which reads the checkpoint's own settings"
+    )
   return config, _convert_in(state, config, layout, where)
 
 

@@ -295,3 +295,19 @@ def test_export_guards(tmp_path):
   with pytest.raises(ValueError, match=r"logit_scale: \(2,\), expected \(\)"):
     convert.export(bad, config, tmp_path / "e.safetensors")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_import_refuses_a_pos_embed_override_the_checkpoint_cannot_have(tmp_path):
+  """An exported `learned+sincos2d` model has its table folded into the learned positions:
+  importing it with the recipe's pos_embed override would add the table twice (silently wrong
+  embeddings), so the override is refused with the key named; the plain import is exact."""
+  import jax
+
+  from clipjax import model as clipmodel
+
+  model = clipmodel.create("tiny", jax.random.key(0), **{"vision.pos_embed": "learned+sincos2d"})
+  out = convert.export(model.params, model.config, str(tmp_path / "m"), layout="openai")
+  with pytest.raises(convert.CheckpointError, match="vision.pos_embed"):
+    convert.load_checkpoint(out, **{"vision.pos_embed": "learned+sincos2d"})
+  config, _ = convert.load_checkpoint(out)
+  assert config.vision.pos_embed == "learned"
