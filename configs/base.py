@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     steps=4 * config_lib.QUICKSTART_STEPS,
     init="",  # start from this checkpoint (clipjax workdir or exported base) instead of scratch
     fresh_image_tower=False,  # with init: a new image tower against init's frozen text tower
+    freeze_text=False,  # with init: train the image tower only (text tower, logit scale frozen)
   )
   c = config_lib.train_config()
   config_lib.apply_shapes_recipe(c, arg.world)
@@ -65,9 +66,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.model.overrides = settings["model"]["overrides"]  # replaced, not merged into the recipe's
     c.data.update(settings["data"])
     c.model.init_checkpoint = arg.init
-  if arg.fresh_image_tower:
-    if not arg.init:
-      raise ValueError("fresh_image_tower needs init= (the checkpoint whose text tower is kept)")
-    c.model.reinit = [r"visual/.*"]
+  if (arg.fresh_image_tower or arg.freeze_text) and not arg.init:
+    raise ValueError("fresh_image_tower/freeze_text need init= (the checkpoint to start from)")
+  if arg.fresh_image_tower or arg.freeze_text:
     c.optim.frozen = [r"text/.*", r"logit_scale"]
+  if arg.fresh_image_tower:
+    c.model.reinit = [r"visual/.*"]
   return c

@@ -5,6 +5,7 @@ import importlib
 import importlib.util
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import types
@@ -55,8 +56,10 @@ def test_grids_are_well_formed(method, tmp_path):
   for quick in (True, False):
     runs = grid.toposort(module.grid(quick, 2, max(1, module.BASES)))
     for r in runs:
-      # Configs that read their base at parse time get a real one (the grid has not run yet).
-      config = r.config.replace("{root}/base_b", f"{REPO}/assets/bases/base_s")
+      # Configs that read their checkpoint at parse time get a real one (nothing has run yet).
+      config = re.sub(
+        r"\b(init|ckpt)=\{root\}/[\w./-]+", rf"\1={REPO}/assets/bases/base_s0", r.config
+      )
       path, _, arg = (
         config.replace("{root}", str(tmp_path)).replace("{repo}", str(REPO)).partition(":")
       )
