@@ -128,11 +128,16 @@ def read_json(workdir: str, name: str) -> Any:
     return metrics.loads(f.read())
 
 
-def train_events(workdir: str) -> list[dict]:
-  """The `"kind": "train"` events of `WORKDIR/metrics.jsonl`."""
+def events(workdir: str, kind: str) -> list[dict]:
+  """The events of one kind ("train", "eval") of `WORKDIR/metrics.jsonl`."""
   path = os.path.join(workdir, "metrics.jsonl")
   with open(path) as f:
-    return [e for e in map(metrics.loads, filter(str.strip, f)) if e.get("kind") == "train"]
+    return [e for e in map(metrics.loads, filter(str.strip, f)) if e.get("kind") == kind]
+
+
+def train_events(workdir: str) -> list[dict]:
+  """The `"kind": "train"` events of `WORKDIR/metrics.jsonl`."""
+  return events(workdir, "train")
 
 
 def toposort(runs: Sequence[Run]) -> list[Run]:
