@@ -156,35 +156,22 @@ def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
           base=name,
         )
       )
-      out.append(
-        Run(
-          name=f"{stem}_noft",
-          config=fuse + ",fusions=hierarchical,submodels=False",
-          group="fusion_noft",
-          overrides=(
-            "--config.finetune.intra_steps=0",
-            "--config.finetune.inter_steps=0",
-          ),
-          deps=tuple(r.name for r in subs),
-          seed=s,
-          base=name,
+      no_finetune = ("--config.finetune.intra_steps=0", "--config.finetune.inter_steps=0")
+      for suffix, fusions, extra in (
+        ("noft", "hierarchical", ()),
+        ("exact", "hierarchical+direct_ot", ("--config.align.solver=exact",)),
+      ):
+        out.append(
+          Run(
+            name=f"{stem}_{suffix}",
+            config=f"{fuse},fusions={fusions},submodels=False",
+            group=f"fusion_{suffix}",
+            overrides=(*no_finetune, *extra),
+            deps=tuple(r.name for r in subs),
+            seed=s,
+            base=name,
+          )
         )
-      )
-      out.append(
-        Run(
-          name=f"{stem}_exact",
-          config=fuse + ",fusions=hierarchical+direct_ot,submodels=False",
-          group="fusion_exact",
-          overrides=(
-            "--config.finetune.intra_steps=0",
-            "--config.finetune.inter_steps=0",
-            "--config.align.solver=exact",
-          ),
-          deps=tuple(r.name for r in subs),
-          seed=s,
-          base=name,
-        )
-      )
   return out
 
 
