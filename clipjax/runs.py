@@ -38,6 +38,7 @@ __all__ = [
   "Run",
   "build_model",
   "checkpoint_settings",
+  "start_from",
   "config_diffs",
   "open_run",
   "read_json",
@@ -291,6 +292,21 @@ def checkpoint_settings(path: str) -> dict[str, Any]:
       "tokenizer": trained_tokenizer(path),
     },
   }
+
+
+def start_from(config: Any, path: str) -> None:
+  """Points a run config (`ml_collections.ConfigDict`) at checkpoint `path`, in place.
+
+  Sets `model.init_checkpoint` and takes the model section (replacing the config's own
+  overrides: an exported base loads with its sin-cos table folded into learned positions, which
+  a recipe's `pos_embed` override would add again), image size, context length and tokenizer
+  from `checkpoint_settings(path)`.
+  """
+  settings = checkpoint_settings(path)
+  config.model.init_checkpoint = path
+  config.model.name = settings["model"]["name"]
+  config.model.overrides = settings["model"]["overrides"]
+  config.data.update(settings["data"])
 
 
 def read_run_config(workdir: str) -> dict[str, Any]:

@@ -58,14 +58,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   if arg.smoke:
     config_lib.apply_smoke(c)
   if arg.init:
-    # The checkpoint's architecture, sizes and tokenizer (an exported base loads as
-    # pos_embed="learned" with the sin-cos table folded in: the recipe's own overrides would
-    # add that table twice).
-    settings = runs.checkpoint_settings(arg.init)
-    c.model.name = settings["model"]["name"]
-    c.model.overrides = settings["model"]["overrides"]  # replaced, not merged into the recipe's
-    c.data.update(settings["data"])
-    c.model.init_checkpoint = arg.init
+    runs.start_from(c, arg.init)  # its architecture, sizes and tokenizer, not the recipe's
   if (arg.fresh_image_tower or arg.freeze_text) and not arg.init:
     raise ValueError("fresh_image_tower/freeze_text need init= (the checkpoint to start from)")
   if arg.fresh_image_tower or arg.freeze_text:

@@ -172,10 +172,5 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.eot_draws = 1
     c.adaptive_variants = ["cola"]
   if arg.ckpt:
-    # The checkpoint's own architecture, sizes and tokenizer (an exported base loads with its
-    # sin-cos table folded into learned positions: the recipe's overrides would not fit it).
-    settings = runs.checkpoint_settings(arg.ckpt)
-    c.model.name = settings["model"]["name"]
-    c.model.overrides = settings["model"]["overrides"]
-    c.data.update(settings["data"])
+    runs.start_from(c, arg.ckpt)  # its architecture, sizes and tokenizer, not the recipe's
   return c

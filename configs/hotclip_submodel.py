@@ -83,12 +83,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.eval.max_examples = 100  # a monitor only; the hotclip_fuse task evaluates the submodels
   c.model.init_checkpoint = arg.init
   if arg.init:
-    # The base's architecture and data sizes, so that the class prompts below are tokenised at
-    # the base's context length (a later --config.data.context_length would not re-tokenise).
-    base = runs.checkpoint_settings(arg.init)
-    c.model.name = base["model"]["name"]
-    c.model.overrides = base["model"]["overrides"]
-    c.data.update(base["data"])
+    # The base's architecture, sizes and tokenizer, so that the class prompts below are
+    # tokenised as the base reads them (a later --config.data.* would not re-tokenise).
+    runs.start_from(c, arg.init)
   c.data.train_labels = [arg.label_set]
   c.optim.lr = 1e-4
   c.optim.weight_decay = 0.01

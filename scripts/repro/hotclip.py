@@ -75,10 +75,11 @@ def _control(b: int, s: int, quick: bool) -> list[Run]:
     )
     for i, tag in enumerate("ab")
   ]
+  fuse_config = f"configs/hotclip_fuse.py:{'smoke,' if quick else ''}root={{root}}/{stem},"
+  fuse_config += "attacks=a+b,prompts=1,fusions="
   fuse = Run(
     name=f"{stem}_fused",
-    config=f"configs/hotclip_fuse.py:{'smoke,' if quick else ''}root={{root}}/{stem},attacks=a+b,"
-    "prompts=1,fusions=direct_ot+average+ensemble,eval_attacks=light",
+    config=fuse_config + "direct_ot+average+ensemble,eval_attacks=light",
     group="control",
     deps=tuple(t.name for t in towers),
     seed=s,
@@ -86,8 +87,7 @@ def _control(b: int, s: int, quick: bool) -> list[Run]:
   )
   acts = Run(
     name=f"{stem}_acts",
-    config=f"configs/hotclip_fuse.py:{'smoke,' if quick else ''}root={{root}}/{stem},attacks=a+b,"
-    "prompts=1,fusions=direct_ot,submodels=False,eval_attacks=light",
+    config=fuse_config + "direct_ot,submodels=False,eval_attacks=light",
     group="control_acts",
     overrides=("--config.align.representation=acts",),
     deps=tuple(t.name for t in towers),
