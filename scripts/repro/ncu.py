@@ -24,6 +24,7 @@ ROWS = {
   "ga": "variant=ga",
   "filter": "variant=ga,ascent_weight=0.0",
   "ncu": "variant=ncu",
+  "ncu_code": "variant=ncu,code_defaults=True",
   "ncu50": "variant=ncu,prompt_scale=50.0",
   "v3_50": "variant=v3,prompt_scale=50.0",
   "v4_50": "variant=v4,prompt_scale=50.0",
