@@ -1,10 +1,21 @@
 """OTCCLIP (arXiv 2509.18717, EMNLP 2025): pre-training on poisoned / backdoored pairs.
 
-Grid: `configs/otcclip.py:<SIZE>,method=<m>,<attack args>,seed=<s>,poison_seed=<s>` for plain
-CLIP, RoCLIP-style and OTCCLIP (α = 0.5) × the backdoor (p = 0.05, checkerboard trigger, target
-class 0) and targeted-poisoning attacks × seeds (trained from scratch: no base; the same seed
-gives the same init, batches and poisoned set, so runs with one seed are paired). After each run
-`score` measures, from the workdir:
+Grid (trained from scratch: no base; the same seed gives the same init, batches and poisoned set,
+so runs with one seed are paired), all `configs/otcclip.py:<SIZE>,...,seed=<s>,poison_seed=<s>`:
+
+* main: plain CLIP, RoCLIP (published: `enqueue=matching`, `cross_aug`), SafeCLIP and OTCCLIP
+  (α = 0.5) × the backdoor (p = 0.05, checkerboard trigger, target class 0) and targeted-poisoning
+  attacks × `SEEDS` seeds;
+* attribution (backdoor, `ABLATION_SEEDS` seeds, fewer than the main rows for CPU time): OTCCLIP's
+  `ABLATIONS` variants (`configs/otcclip.py` `variant=`): global-cosine re-matching with the same
+  losses, OT re-matching without the inter/intra terms, no re-matching (both terms), and the
+  collapsing intra form;
+* matching accuracy: OTCCLIP with the backdoor on `world=distinct` (captions name a second
+  object, so "the image's own caption" is more than "a caption of its class"), logging per
+  re-matching step how often OT re-ranking and the global-cosine nearest neighbour pick the
+  image's own caption and an equivalent one (same colour+shape, size and position).
+
+After each run `score` measures, from the workdir:
 
 * ASR: poisoning: the target images classified (zero-shot `colour+shape`) as their adversarial
   class (`TargetedPoisoning.asr_source()`), plus `target_true`; backdoor: the test images not of
@@ -26,6 +37,7 @@ import numpy as np
 from repro.grid import Claim, Column, Run, Table, read_json, train_events
 
 SEEDS = 3
+ABLATION_SEEDS = 1
 BASES = 0  # trained from scratch
 SIZE = "steps=300,batch=64,train_size=5000,image_size=32,width=64,layers=2,bank_size=512"
 ATTACKS = {
@@ -35,8 +47,11 @@ ATTACKS = {
 METHODS = {
   "clip": "method=clip",
   "roclip": "method=roclip",
+  "safeclip": "method=safeclip",
   "otcclip": "method=otcclip,match_alpha=0.5",
 }
+ABLATIONS = ("global_match", "match_only", "no_match", "intra_distance")
+MATCHING_WORLD = "distinct"
 LABEL_SET = "colour+shape"
 FULL_EVAL = {"probe_train": 2000}
 QUICK_EVAL = {"probe_train": 128}
@@ -48,25 +63,49 @@ _SUMMARY = {
   "shapes_test/zeroshot/colour/acc1": "zs_colour",
   "shapes_test/retrieval/text_retrieval_recall_identical@1": "i2t_R@1",
 }
-_REMAT = ("acc_clean", "poison_keep", "clean_to_poison", "changed")
+_REMAT = (
+  "acc_clean",
+  "acc_equiv",
+  "acc_clean_global",
+  "acc_equiv_global",
+  "poison_keep",
+  "clean_to_poison",
+  "changed",
+)
 
 
 def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
   del bases
-  return [
-    Run(
-      name=f"{attack}_{m}_s{s}",
-      config=f"configs/otcclip.py:{'smoke' if quick else SIZE},{margs},{aargs},seed={s},"
-      f"poison_seed={s}",
-      group=f"{attack}/{m}",
+  size = "smoke" if quick else SIZE
+  eval_args = QUICK_EVAL if quick else FULL_EVAL
+
+  def run(name, group, args, s):
+    return Run(
+      name=name,
+      config=f"configs/otcclip.py:{size},{args},seed={s},poison_seed={s}",
+      group=group,
       seed=s,
       evaluate="score",
-      eval_args=QUICK_EVAL if quick else FULL_EVAL,
+      eval_args=eval_args,
     )
+
+  out = [
+    run(f"{attack}_{m}_s{s}", f"{attack}/{m}", f"{margs},{aargs}", s)
     for attack, aargs in ATTACKS.items()
     for s in range(seeds)
     for m, margs in METHODS.items()
   ]
+  otc, backdoor = METHODS["otcclip"], ATTACKS["backdoor"]
+  out += [
+    run(f"backdoor_{v}_s{s}", f"backdoor/{v}", f"{otc},variant={v},{backdoor}", s)
+    for s in range(min(seeds, ABLATION_SEEDS))
+    for v in ABLATIONS
+  ]
+  out += [
+    run(f"matching_s{s}", "matching", f"{otc},world={MATCHING_WORLD},{backdoor}", s)
+    for s in range(min(seeds, ABLATION_SEEDS))
+  ]
+  return out
 
 
 def _encode_images(model, images_nhwc):
@@ -159,6 +198,10 @@ def metrics(run: Run, workdir: str) -> dict[str, float]:
     ]
     if vals:
       out[k] = float(np.mean(vals))
+  for k in ("img", "txt"):  # collapse check: the last logged step's token diversity
+    logged = [r[f"tokens/diversity_{k}"] for r in rows if f"tokens/diversity_{k}" in r]
+    if logged:
+      out[f"diversity_{k}"] = float(logged[-1])
   return out
 
 
@@ -183,6 +226,38 @@ TABLES = (
     (Column("asr", "ASR"), Column("target_true", "target → true class"), *_COLS),
     tuple(f"poison/{m}" for m in METHODS),
   ),
+  Table(
+    f"Attribution (backdoor p = 0.05, {ABLATION_SEEDS} seed(s)): OTCCLIP and its ablations (%)",
+    (
+      Column("asr", "ASR"),
+      Column("zs_colour+shape", "ZS colour+shape"),
+      Column("i2t_R@1", "image→text R@1"),
+      Column("probe_colour+shape", "linear probe colour+shape"),
+      Column("poison_keep", "poison keep"),
+      Column("changed", "captions changed"),
+      Column("diversity_img", "token diversity (image)", scale=1.0, digits=3),
+      Column("diversity_txt", "token diversity (text)", scale=1.0, digits=3),
+    ),
+    ("backdoor/otcclip", "backdoor/roclip", *(f"backdoor/{v}" for v in ABLATIONS)),
+    note="global_match: global-cosine re-matching, same pool and losses; match_only: OT "
+    "re-matching, no inter/intra terms; no_match: inter + intra terms, no re-matching; "
+    "intra_distance: the collapsing intra form. Token diversity: mean pairwise (1 − cosine) "
+    "between an item's tokens at the last logged step (0 = collapsed).",
+  ),
+  Table(
+    f"Matching accuracy on world={MATCHING_WORLD} (OTCCLIP, backdoor): how often re-matching "
+    "returns each clean image's own caption / an equivalent one, mean over re-matching steps (%)",
+    (
+      Column("acc_clean", "OT: own caption"),
+      Column("acc_equiv", "OT: equivalent caption"),
+      Column("acc_clean_global", "global cosine: own caption"),
+      Column("acc_equiv_global", "global cosine: equivalent caption"),
+      Column("changed", "captions changed"),
+    ),
+    ("matching", "backdoor/otcclip"),
+    note="backdoor/otcclip is the same method on the default world, where captions name only "
+    "class, size and position (many images share each caption).",
+  ),
 )
 
 _PAPER_ASR = "ASR → 0 % in most cases (COCO / Visual Genome); no per-setting number recoverable"
@@ -199,7 +274,7 @@ CLAIMS = (
       _PAPER_ASR,
     )
     for attack in ATTACKS
-    for base in ("clip", "roclip")
+    for base in ("clip", "roclip", "safeclip")
   ),
   *(
     Claim(
@@ -224,5 +299,23 @@ CLAIMS = (
       1,
     )
     for attack in ATTACKS
+  ),
+  Claim(
+    "OT > global re-matching (ASR)",
+    "fine-grained OT re-matching, not re-matching per se, lowers the backdoor ASR",
+    "asr",
+    "asr",
+    ("backdoor/otcclip",),
+    "backdoor/global_match",
+    -1,
+  ),
+  Claim(
+    "OT finds the own caption",
+    "OT re-ranking returns an image's own caption more often than global cosine",
+    "acc_clean",
+    "acc_clean_global",
+    ("matching",),
+    None,
+    1,
   ),
 )
