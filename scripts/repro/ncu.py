@@ -4,8 +4,10 @@ Grid: per base b, the reference `configs/ncu.py:variant=pretrain,seed=b` (40 % s
 300 steps; NCU's premise is a model pre-trained on noisy correspondences, so its base is its own
 noisy pre-training, not `repro.bases`), then every row × seed fine-tunes from it for the same
 schedule (`hn_steps=20,ul_steps=80`: 100 steps; never compare rows trained for different steps).
-Forget-set precision/recall average the logged steps of stage "unlearn" (NCU and its ablations) or
-of the whole run (gradient ascent).
+Rows: plain fine-tuning, its clean-data oracle, gradient ascent, dropping the forget set
+(`filter`), NCU in paper and code (`code_defaults=True`) mode, and at `prompt_scale=50` NCU and
+the V3/V4 ablations. Forget-set precision/recall average the logged steps of stage "unlearn"
+(NCU and its ablations) or of the whole run (gradient ascent).
 """
 
 from __future__ import annotations
