@@ -46,7 +46,7 @@ Departures from the code in both modes (stated, not configurable):
 
 import ml_collections as mlc
 
-from clipjax import config_lib
+from clipjax import config_lib, runs
 
 _VARIANTS = ("ncu", "v3", "v4", "clip", "ga", "pretrain")
 _STAGE_OPTIMIZERS = ("auto", "shared", "fresh")
@@ -99,7 +99,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     hn_steps=40,  # stage 1 (paper: 2 epochs)
     ul_steps=160,  # stage 2 (paper: 8 epochs)
     pretrain_steps=300,
-    width=64,  # both towers and the embedding (quickstart: 128; halved for a loaded 2-core box)
+    # pretrain: both towers and the embedding (quickstart: 128; halved for a loaded 2-core box);
+    # a fine-tune takes its architecture from `init`.
+    width=64,
     layers=2,
     batch=128,
     forget_fraction=0.4,
@@ -214,4 +216,20 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       c.stages[1]["method"]["kwargs"]["threshold"] = _sinkhorn_threshold(
         code, 0.03, c.data.batch_size
       )
+  if arg.init and arg.variant != "pretrain":
+    # The architecture, image size, context length and tokenizer are the checkpoint's (a clipjax
+    # workdir, e.g. a `configs/base.py:noise=0.4` reference, or an exported base such as
+    # assets/bases/base_s0); `width`/`layers` apply to `variant=pretrain` only.
+    runs.start_from(c, arg.init)
+    if c.stages:
+      for st, frozen in zip(c.stages, _frozen(code, _text_layers(c.model)), strict=True):
+        st["frozen"] = frozen
   return c
+
+
+def _text_layers(model_cfg: mlc.ConfigDict) -> int:
+  """Text blocks of the model a config section builds (name + overrides)."""
+  from clipjax import model as model_lib
+
+  overrides = model_lib.flatten_overrides(model_cfg.overrides.to_dict())
+  return model_lib.abstract(model_cfg.name, **overrides).config.text.layers

@@ -363,6 +363,29 @@ def test_config_trainable_sets_by_path(code, layers):
   assert c.stages[1]["method"]["kwargs"]["forget_count"] == ("floor" if code else "round")
 
 
+def test_config_takes_the_architecture_from_init(tmp_path):
+  """`init=` a workdir of another size: model, sizes and tokenizer are the checkpoint's, and the
+  code's stage-2 frozen blocks are counted on its text tower (6 blocks: 0-2), not `layers`."""
+  from clipjax import runs
+
+  overrides = {"embed_dim": 32, "text": {"layers": 6, "width": 32, "heads": 2, "mlp_dim": 64}}
+  model = model_lib.create("tiny", jax.random.key(0), **model_lib.flatten_overrides(overrides))
+  cfg = {
+    "model": {"name": "tiny", "overrides": overrides},
+    "data": {"image_size": 24, "context_length": 12, "tokenizer": "clipjax:worlds"},
+  }
+  init = runs.save_params_workdir(model.params, cfg, str(tmp_path / "init"))
+  _, c = _ncu_config(f"init={init},layers=2,code_defaults=True")
+  assert c.model.init_checkpoint == init
+  assert c.model.overrides.to_dict() == overrides
+  assert (c.data.image_size, c.data.context_length, c.data.tokenizer) == (24, 12, "clipjax:worlds")
+  frozen = [r for r in c.stages[1]["frozen"] if r.startswith("text/blocks/")]
+  assert frozen == [f"text/blocks/{i}/.*" for i in range(3)]
+  # The pre-training variant keeps its own architecture.
+  _, pre = _ncu_config(f"variant=pretrain,init={init}")
+  assert pre.model.overrides.text.layers == 2 and pre.data.image_size == 32
+
+
 def test_code_frozen_block_mapping():
   ncu_config, _ = _ncu_config("")
   got = [ncu_config.code_frozen_blocks(layers) for layers in (1, 2, 4, 6, 8, 12, 24)]
