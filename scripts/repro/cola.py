@@ -102,6 +102,8 @@ TABLES = (
       for ls in ("colour", "size", "position", "shape", "colour+shape")
     ),
     ("base",),
+    note="Only `--quick` trains its bases here; the full grid evaluates the shipped "
+    "`assets/bases/base_s{0,1,2}`, whose zero-shot numbers are in their MODEL_CARD.md.",
   ),
   Table(
     "Clean and robust accuracy (%): transfer = the paper's non-adaptive protocol; adaptive = "
