@@ -55,8 +55,8 @@ SKIPS = [
   (r"^\w+=\S*$", "shell variable assignment used by the next command"),
   (
     r"configs/hotclip_fuse\.py:root=",
-    "needs the grid of submodel workdirs that scripts/hotclip_grid.sh trains (the fuse task's "
-    "smoke run is in tests/methods/test_hotclip.py)",
+    "needs the grid of submodel workdirs that `scripts/reproduce.py hotclip` trains (the fuse "
+    "task's smoke run is in tests/methods/test_hotclip.py)",
   ),
 ]
 
