@@ -232,4 +232,4 @@ def _text_layers(model_cfg: mlc.ConfigDict) -> int:
   from clipjax import model as model_lib
 
   overrides = model_lib.flatten_overrides(model_cfg.overrides.to_dict())
-  return model_lib.abstract(model_cfg.name, **overrides).config.text.layers
+  return model_lib.get_config(model_cfg.name, **overrides).text.layers

@@ -7,13 +7,13 @@ non-adaptive protocol: attack the undefended classifier) and adaptive (PGD throu
 with EOT over the views; Square) robust accuracy of the undefended classifier (`base`), COLA and
 its ablations, and the per-example worst case.
 
-Settings (`FULL_ARGS`): the `shape` label set (5 classes; 85–87 % clean on the shipped bases):
+Settings (`FULL_ARGS`): the `shape` label set (5 classes; 82–86 % clean on the grid's 100 images):
 on `colour` those bases are at the ceiling — a 50-image check on base_s0 (`label_set=colour,
 n=50`) gave 1.000 for COLA under every attack, and 0.72 for the undefended model under transfer
 PGD at 4/255. n = 100 images per base, PGD-10 only (Square through COLA costs ~1.6× a PGD-10×EOT-4
 attack and the paper reports PGD), adaptive attacks through COLA and through views + mean logits
-(the two ends of the ablation; the other ablations get the transfer attack). About 8 min of
-2-core wall per run.
+(the two ends of the ablation; the other ablations get the transfer attack). About 450 CPU s
+per run (docs/results/cola.md, cost table).
 
 Attack strength (`STRONG_ARGS`, base 0, view seed 0 only, for CPU time): the adaptive attack on
 COLA at 4/255 with twice the steps and twice the EOT draws (PGD-20 × EOT-8), with the paper's CE
