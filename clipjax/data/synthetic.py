@@ -187,9 +187,11 @@ _PARTIAL_SUBSETS = tuple(
 _PARTIAL_SUBSET_CHOICES = {
   "any": _PARTIAL_SUBSETS,
   "no_shape": tuple(k for k in _PARTIAL_SUBSETS if "shape" not in k),
+  "single": tuple(k for k in _PARTIAL_SUBSETS if len(k) == 1),
 }
 """`partial_subsets` values: which subsets a partial caption draws from ("no_shape": the 7 that
-name no shape, so the shape word only ever appears in full captions)."""
+name no shape, so the shape word only ever appears in full captions; "single": the 4 that name
+one attribute, so every pair of attributes appears only in full captions)."""
 _PARTIAL_NOUNS = ("shape", "object", "thing", "figure")
 
 DETAIL_SEP = "; beside it a tiny "
@@ -298,7 +300,7 @@ class SyntheticShapes:
     long_tail: head/tail frequency ratio of the colour+shape classes (1: uniform).
     label_templates: "default" (three prompts per label set) or "rich" (twelve).
     partial_captions: probability that `caption` names only a subset of the attributes.
-    partial_subsets: the subsets a partial caption draws from, "any" or "no_shape".
+    partial_subsets: the subsets a partial caption draws from, "any", "no_shape" or "single".
   """
 
   def __init__(

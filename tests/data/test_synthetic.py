@@ -253,3 +253,18 @@ def test_partial_captions_without_shape_never_name_the_shape():
   assert len(subsets) == 7  # every non-empty subset of size, colour, position occurs
   with pytest.raises(ValueError, match="partial_subsets must be one of"):
     SyntheticShapes("train", partial_subsets="some")
+
+
+def test_single_attribute_partial_captions_name_exactly_one_attribute():
+  full = SyntheticShapes("train", image_size=24)
+  part = SyntheticShapes("train", image_size=24, partial_captions=1.0, partial_subsets="single")
+  seen = set()
+  for i in range(80):
+    words = full._words(full.attributes(i))
+    caption = part.get_text(i)["caption"]
+    named = [
+      k for k in ("size", "colour", "shape", "pos") if re.search(rf"\b{words[k]}\b", caption)
+    ]
+    assert len(named) == 1, caption
+    seen.add(named[0])
+  assert seen == {"size", "colour", "shape", "pos"}
