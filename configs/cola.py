@@ -33,6 +33,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     # prompts, more text features than the embedding width: where OT and Π can matter).
     world="synthetic",
     label_set="",  # "": "digit" for digits, "colour+shape" for many, else "colour"
+    # Prompts per class of the shapes worlds: "default" (3) or "rich" (12; world=many's own).
+    # With label_set=colour+shape, rich gives 30 classes x 12 = 360 text features, more than
+    # the tiny model's width (128): with components=64, Π is then no longer the identity.
+    templates="",
     # C, principal text directions kept by Π (paper: 256 at width 512). Π is the identity once C
     # reaches min(width, #text features): with world=many (924 features) and the tiny model
     # (width 128), the paper's ratio C/width = 1/2 is components=64.
@@ -68,6 +72,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.eval.dataset = config_lib.shapes_world(arg.world, "test")
   else:
     c.eval.dataset = {"name": arg.world, "split": "test", "seed": 0}
+  if arg.templates:
+    if arg.world == "digits" or arg.templates not in ("default", "rich"):
+      raise ValueError(
+        f"templates must be 'default' or 'rich' on a shapes world, got {arg.templates!r} "
+        f"with world={arg.world!r}"
+      )
+    c.eval.dataset = {**c.eval.dataset, "label_templates": arg.templates}
   # "colour": 6 classes (the quickstart model's best crop-invariant label set: 0.85 clean;
   # "shape" is 0.33, chance 0.20); "digit": 10 classes; 3 templates each.
   c.eval.label_set = arg.label_set or {"digits": "digit", "many": "colour+shape"}.get(

@@ -274,6 +274,20 @@ def test_config_many_world_has_more_text_features_than_width():
     _config("world=mars")
 
 
+def test_config_rich_templates_give_the_shapes_world_more_text_features_than_width():
+  from clipjax.data import registry
+
+  c = _config("label_set=colour+shape,templates=rich,components=64")
+  lset = registry.build_source(c.eval.dataset.to_dict(), 32).label_sets["colour+shape"]
+  assert len(lset.classnames) * len(lset.templates) == 30 * 12
+  default = _config("label_set=colour+shape")
+  lset = registry.build_source(default.eval.dataset.to_dict(), 32).label_sets["colour+shape"]
+  assert len(lset.templates) == 3
+  for bad in ("templates=fancy", "world=digits,templates=rich"):
+    with pytest.raises(ValueError, match="templates must be"):
+      _config(bad)
+
+
 def test_config_smoke_runs_in_process_and_resumes(tmp_path, monkeypatch):
   from clipjax import config_lib, runs
   from clipjax.attacks import Stochastic
