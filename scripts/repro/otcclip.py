@@ -10,6 +10,8 @@ so runs with one seed are paired), all `configs/otcclip.py:<SIZE>,...,seed=<s>,p
   `ABLATIONS` variants (`configs/otcclip.py` `variant=`): global-cosine re-matching with the same
   losses, OT re-matching without the inter/intra terms, no re-matching (both terms), and the
   collapsing intra form;
+* lower poison rates: the backdoor at p = 0.01 and 0.02 (`LOW_RATES`) for every main method ×
+  `SEEDS` seeds, beside the main grid's 0.05;
 * matching accuracy: OTCCLIP with the backdoor on `world=distinct` (captions name a second
   object, so "the image's own caption" is more than "a caption of its class"), logging per
   re-matching step how often OT re-ranking and the global-cosine nearest neighbour pick the
@@ -51,6 +53,19 @@ METHODS = {
   "otcclip": "method=otcclip,match_alpha=0.5",
 }
 ABLATIONS = ("global_match", "match_only", "no_match", "intra_distance")
+# Lower backdoor rates (the paper's 1 % and 2 % beside the main grid's 5 %): group
+# `backdoor_<pct>pct/<method>`, every method, `SEEDS` seeds.
+LOW_RATES = (0.01, 0.02)
+
+
+def _backdoor_at(rate: float) -> str:
+  return ATTACKS["backdoor"].replace("bd_fraction=0.05", f"bd_fraction={rate}")
+
+
+def _rate_group(rate: float, method: str) -> str:
+  return f"backdoor_{round(100 * rate)}pct/{method}"
+
+
 MATCHING_WORLD = "distinct"
 LABEL_SET = "colour+shape"
 FULL_EVAL = {"probe_train": 2000}
@@ -100,6 +115,17 @@ def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
     run(f"backdoor_{v}_s{s}", f"backdoor/{v}", f"{otc},variant={v},{backdoor}", s)
     for s in range(min(seeds, ABLATION_SEEDS))
     for v in ABLATIONS
+  ]
+  out += [
+    run(
+      f"{_rate_group(r, m).replace('/', '_')}_s{s}",
+      _rate_group(r, m),
+      f"{margs},{_backdoor_at(r)}",
+      s,
+    )
+    for r in LOW_RATES
+    for s in range(seeds)
+    for m, margs in METHODS.items()
   ]
   out += [
     run(f"matching_s{s}", "matching", f"{otc},world={MATCHING_WORLD},{backdoor}", s)
@@ -226,6 +252,14 @@ TABLES = (
     (Column("asr", "ASR"), Column("target_true", "target → true class"), *_COLS),
     tuple(f"poison/{m}" for m in METHODS),
   ),
+  *(
+    Table(
+      f"Backdoor at p = {r:g} (patch trigger → class 0): attack success rate and clean metrics (%)",
+      (Column("asr", "ASR"), Column("asr_no_trigger", "no-trigger base rate"), *_COLS),
+      tuple(_rate_group(r, m) for m in METHODS),
+    )
+    for r in LOW_RATES
+  ),
   Table(
     f"Attribution (backdoor p = 0.05, {ABLATION_SEEDS} seeds): OTCCLIP and its ablations (%)",
     (
@@ -299,6 +333,20 @@ CLAIMS = (
       1,
     )
     for attack in ATTACKS
+  ),
+  *(
+    Claim(
+      f"backdoor {round(100 * r)} %: OTCCLIP < {base}",
+      f"OTCCLIP lowers the backdoor ASR below {base} at poison rate {r:g}",
+      "asr",
+      "asr",
+      (_rate_group(r, "otcclip"),),
+      _rate_group(r, base),
+      -1,
+      _PAPER_ASR,
+    )
+    for r in LOW_RATES
+    for base in ("clip", "roclip", "safeclip")
   ),
   Claim(
     "OT > global re-matching (ASR)",
