@@ -8,14 +8,24 @@ over repeats.
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 
-__all__ = ["Timing", "peak_rss_bytes", "peak_rss_growth", "rss_bytes", "time_calls"]
+__all__ = [
+  "Timing",
+  "machine_info",
+  "peak_rss_bytes",
+  "peak_rss_growth",
+  "rss_bytes",
+  "time_calls",
+]
 
 
 class Timing(NamedTuple):
@@ -116,3 +126,26 @@ def parse_time_log(text: str) -> tuple[float, float]:
   for part in clock.group(1).split(":"):
     wall = wall * 60 + float(part)
   return cpu, wall
+
+
+def machine_info() -> dict[str, Any]:
+  """What a benchmark record names the machine by: CPU model, cores, memory, platform, Python,
+  jax and its devices, the load average and this process's niceness."""
+  info: dict[str, Any] = {
+    "cpu": platform.processor() or platform.machine(),
+    "nproc": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": sys.version.split()[0],
+    "jax": jax.__version__,
+    "devices": str(jax.devices()),
+    "niceness": os.nice(0),
+    "load_avg": [round(v, 2) for v in os.getloadavg()],
+  }
+  try:
+    with open("/proc/cpuinfo") as f:
+      info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    with open("/proc/meminfo") as f:
+      info["mem_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+  except (OSError, StopIteration):
+    pass
+  return info

@@ -40,10 +40,7 @@ loaded machine where the absolute seconds are not.
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 import zlib
 
@@ -63,28 +60,6 @@ ABLATIONS = {
   "cola_no_proj": {"projection": False},
   "views_mean": {"use_ot": False, "projection": False},
 }
-
-
-def machine() -> dict:
-  """CPU, cores, memory, devices, load average and this process's niceness."""
-  info = {
-    "cpu": platform.processor() or platform.machine(),
-    "nproc": os.cpu_count(),
-    "platform": platform.platform(),
-    "python": sys.version.split()[0],
-    "jax": jax.__version__,
-    "devices": str(jax.devices()),
-    "niceness": os.nice(0),
-    "load_avg": [round(v, 2) for v in os.getloadavg()],
-  }
-  try:
-    with open("/proc/cpuinfo") as f:
-      info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    with open("/proc/meminfo") as f:
-      info["mem_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-  except (OSError, StopIteration):
-    pass
-  return info
 
 
 def fake_text_tower(dim: int):
@@ -108,7 +83,7 @@ def fake_text_tower(dim: int):
 
 def run(args) -> dict:
   start = time.perf_counter()
-  before = machine()
+  before = measure.machine_info()
   print(json.dumps({"machine": before}), flush=True)
   config = clipmodel.get_config(args.variant)
   clip = clipmodel.create(config, jax.random.key(0))
@@ -175,7 +150,7 @@ def run(args) -> dict:
   views_s = measure.time_calls(views, jnp.asarray(x_b), k_b, repeats=repeats).wall
   scores_s = measure.time_calls(scores, zviews_bnd, repeats=repeats).wall
 
-  after = machine()
+  after = measure.machine_info()
   out = {
     "variant": args.variant,
     "batch": args.batch,

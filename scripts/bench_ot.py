@@ -33,7 +33,6 @@ Usage:
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from ott.geometry import geometry  # noqa: E402
 from ott.problems.linear import linear_problem  # noqa: E402
 from ott.solvers.linear import acceleration, sinkhorn  # noqa: E402
 
+from clipjax import measure  # noqa: E402
 from clipjax import ot as cot  # noqa: E402
 
 warnings.filterwarnings("ignore", module="ot")
@@ -655,26 +655,9 @@ def bench_fgw(n, alpha, eps_pot, inner_tol, repeats):
 
 
 def machine():
-  info = {
-    "nproc": os.cpu_count(),
-    "platform": platform.platform(),
-    "python": sys.version.split()[0],
-  }
-  try:
-    with open("/proc/cpuinfo") as f:
-      info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    with open("/proc/meminfo") as f:
-      info["mem_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-  except (OSError, StopIteration):
-    pass
+  info = measure.machine_info()
   info["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-  info.update(
-    jax=jax.__version__,
-    ott=ott.__version__,
-    pot=pot.__version__,
-    numpy=np.__version__,
-    devices=str(jax.devices()),
-  )
+  info.update(ott=ott.__version__, pot=pot.__version__, numpy=np.__version__)
   return info
 
 
