@@ -4,7 +4,7 @@ Grid: per base (the shipped `assets/bases/base_s{b}`; `--quick` trains toy ones,
 and per view-sampling seed one `cola_eval` run (`configs/cola.py:<FULL_ARGS>,ckpt=<base>`, the
 documented run 3 of the page; `--config.seed` draws the views): clean, transfer (the paper's
 non-adaptive protocol: attack the undefended classifier) and adaptive (PGD through the defence
-with EOT over the views; Square) robust accuracy of the undefended classifier (`base`), COLA and
+with EOT over the views) robust accuracy of the undefended classifier (`base`), COLA and
 its ablations, and the per-example worst case.
 
 Settings (`FULL_ARGS`): the `shape` label set (5 classes; 82–86 % clean on the grid's 100 images):
@@ -19,6 +19,12 @@ Attack strength (`STRONG_ARGS`, base 0, view seed 0 only, for CPU time): the ada
 COLA at 4/255 with twice the steps and twice the EOT draws (PGD-20 × EOT-8), with the paper's CE
 objective and the margin (CW) objective; its record also carries the PGD-10 × EOT-4 number of the
 same base and seed (`cola_b0_s0`), so the table shows how far the robust accuracy moved.
+
+Convergence ladder (`CONVERGE`, base 0, view seed 0): the margin-PGD adaptive attack through
+COLA with steps and EOT draws raised level by level above PGD-20 × EOT-8 (40 × 16, then 80 × 16
+steps × draws), each level a run that waits for the one below; the ladder table shows each
+level's robust accuracy and how far it moved from the level below. The attack counts as
+converged at the first level that moves it by less than 1 point (one image of 100).
 """
 
 from __future__ import annotations
@@ -36,6 +42,25 @@ ATTACKS = ("pgd",)
 STRONG_ARGS = (
   "label_set=shape,n=100,eps=4,eot=8,pgd_steps=20,attacks=pgd,loss=ce+margin,adaptive=cola"
 )
+# The convergence ladder above PGD-20 x EOT-8 (`STRONG_ARGS`): (steps, EOT draws) per level, the
+# margin objective only (the stronger of the two there), same base, view seed and images.
+CONVERGE = ((40, 16), (80, 16))
+# Where Π and OT can matter (issue 20): 30 colour+shape classes x 12 prompts = 360 text features
+# > the width 128, Π keeping C = 64 directions (the paper's C/width = 1/2); per base, view seed
+# 0, ε = 4/255; the four-way ablation (views only, + OT, + Π, full) under transfer and adaptive
+# attacks.
+RICH_ARGS = (
+  "label_set=colour+shape,templates=rich,components=64,n=100,eps=4,eot=4,attacks=pgd,"
+  "adaptive=cola+cola_no_proj+views_proj+views_mean"
+)
+RICH_VARIANTS = ("base", "views_mean", "cola_no_proj", "views_proj", "cola")
+
+
+def _converge_args(steps: int, draws: int) -> str:
+  return (
+    f"label_set=shape,n=100,eps=4,eot={draws},pgd_steps={steps},attacks=pgd,loss=margin,"
+    "adaptive=cola"
+  )
 
 
 def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
@@ -69,6 +94,33 @@ def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
         base=bases_lib.base_name(0, quick=False),
       )
     )
+    prev = "strong_b0_s0"
+    for steps, draws in CONVERGE:
+      name = f"converge_{steps}x{draws}"
+      out.append(
+        Run(
+          name=name,
+          config=f"configs/cola.py:{_converge_args(steps, draws)},"
+          f"ckpt={bases_lib.base_path(0, quick=False)}",
+          group=name,
+          overrides=("--config.seed=0",),
+          deps=(prev,),
+          seed=0,
+          base=bases_lib.base_name(0, quick=False),
+        )
+      )
+      prev = name
+    out += [
+      Run(
+        name=f"rich_b{b}_s0",
+        config=f"configs/cola.py:{RICH_ARGS},ckpt={bases_lib.base_path(b, quick=False)}",
+        group="cola_rich",
+        overrides=("--config.seed=0",),
+        seed=0,
+        base=bases_lib.base_name(b, quick=False),
+      )
+      for b in range(bases)
+    ]
   return out
 
 
@@ -90,6 +142,14 @@ def metrics(run: Run, workdir: str) -> dict[str, float]:
   if run.group == "cola_strong":  # the same base and seed under the grid's PGD-10 x EOT-4
     weak = read_json(os.path.join(os.path.dirname(workdir), run.deps[0]), "summary.json")
     out["adaptive/pgd_eps4/cola@10x4"] = weak["adaptive"]["pgd_eps4"]["cola"]
+  if run.group in ("cola_strong", *(f"converge_{s}x{d}" for s, d in CONVERGE)):
+    # The ladder: this level's margin-PGD number beside the level below it (the dep).
+    margin = out["adaptive/pgd-margin_eps4/cola"]
+    prev = read_json(os.path.join(os.path.dirname(workdir), run.deps[0]), "summary.json")
+    below_attack = "pgd-margin_eps4" if "pgd-margin_eps4" in prev["adaptive"] else "pgd_eps4"
+    below = prev["adaptive"][below_attack]["cola"]
+    out["ladder/margin"] = margin
+    out["ladder/moved"] = margin - below
   return out
 
 
@@ -131,6 +191,30 @@ TABLES = (
     ),
     ("cola_strong",),
   ),
+  Table(
+    "Where Π and OT can matter: colour+shape (30 classes × 12 prompts = 360 text features > "
+    "width 128), Π onto C = 64 directions, ε = 4/255, view seed 0 (%)",
+    (
+      Column("clean/{row}", "clean"),
+      Column("transfer/pgd_eps4/{row}", "transfer"),
+      Column("adaptive/pgd_eps4/{row}", "adaptive"),
+      Column("worst/eps4/{row}", "worst case"),
+    ),
+    ("cola_rich",),
+    RICH_VARIANTS,
+    note="views_mean: views + mean logits (views only); cola_no_proj: views + OT; views_proj: "
+    "views + Π; cola: views + Π + OT (full). Adaptive: PGD-10 × EOT-4 through each variant.",
+  ),
+  Table(
+    "Convergence ladder of the adaptive attack at ε = 4/255 (margin PGD through COLA, base_s0, "
+    "view seed 0, the same 100 images): robust accuracy (%) and its change from the level below "
+    "(points)",
+    (Column("ladder/margin", "robust accuracy"), Column("ladder/moved", "moved")),
+    ("cola_strong", *(f"converge_{s}x{d}" for s, d in CONVERGE)),
+    note="Rows: `cola_strong` is PGD-20 × EOT-8, `converge_<steps>x<draws>` the levels above "
+    "it; the level below `cola_strong` is the grid's PGD-10 × EOT-4 with CE. The attack counts "
+    "as converged at a level that moves the robust accuracy by less than 1 point (one image).",
+  ),
 )
 
 _PAPER = "ViT-B/32, ε = 1/255, 9-dataset avg: "
@@ -153,6 +237,22 @@ CLAIMS = (
     ("cola_eval",),
     None,
     1,
+  ),
+  *(
+    Claim(
+      f"{part} (many prompts, adaptive)",
+      f"{text}, each attacked end to end, with 360 text features and C = 64",
+      f"adaptive/pgd_eps4/{a}",
+      f"adaptive/pgd_eps4/{b}",
+      ("cola_rich",),
+      None,
+      1,
+    )
+    for part, text, a, b in (
+      ("OT", "views + OT keeps more accuracy than views only", "cola_no_proj", "views_mean"),
+      ("Π", "views + Π keeps more accuracy than views only", "views_proj", "views_mean"),
+      ("full", "views + Π + OT keeps more accuracy than views + OT", "cola", "cola_no_proj"),
+    )
   ),
   Claim(
     "robustness (non-adaptive)",
