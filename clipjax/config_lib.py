@@ -304,5 +304,9 @@ def apply_shapes_recipe(config: mlc.ConfigDict, world: str = "shapes") -> mlc.Co
   config.model.overrides.text.eot_id = vocab - 1
   config.data.train = shapes_world(world, "train")
   config.data.context_length = shapes_context_length(world)
-  config.eval.datasets = {"shapes_test": shapes_world(world, "test")}
+  # Zero-shot prompts: every caption the world writes of a class, averaged (selected on the val
+  # split over the default and rich prompt sets: docs/results.md, "Prompt sets").
+  config.eval.datasets = {
+    "shapes_test": {**shapes_world(world, "test"), "label_templates": "captions"}
+  }
   return config

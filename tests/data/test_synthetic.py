@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from clipjax.data.digits import DIGIT_WORDS, DigitsSource
-from clipjax.data.synthetic import COLOURS, POSITIONS, SHAPES, SyntheticShapes, parse_caption
+from clipjax.data.synthetic import (
+  CAPTION_TEMPLATES,
+  COLOURS,
+  POSITIONS,
+  SHAPES,
+  SyntheticShapes,
+  parse_caption,
+)
 
 
 def test_deterministic_by_seed_and_index():
@@ -212,6 +219,44 @@ def test_rich_label_templates():
   assert all(src.label_sets[k].templates[:3] == default[k].templates for k in default)
   with pytest.raises(ValueError, match="label_templates"):
     SyntheticShapes("test", label_templates="fancy")
+
+
+@pytest.mark.parametrize("colours", [("red", "green", "blue"), ("red", "orange", "blue")])
+def test_caption_prompts_are_every_caption_of_their_class(colours):
+  """label_templates="captions": class k's prompts are exactly the world's captions whose label
+  is k (the templates with the slot after "a" only while no class name starts with a vowel)."""
+  src = SyntheticShapes(
+    "test",
+    image_size=24,
+    colours=colours,
+    shapes=("circle", "star"),
+    num_held_out=1,
+    label_templates="captions",
+  )
+  keys = {"colour": "colour", "shape": "shape", "size": "size", "position": "pos"}
+  for name, ls in src.label_sets.items():
+    for k, row in enumerate(ls.prompts()):
+      assert len(set(row)) == len(row), name
+      for prompt in row:
+        found = parse_caption(prompt, src)
+        assert None not in (found["colour"], found["shape"], found["size"], found["pos"]), prompt
+        if name == "colour+shape":
+          assert f"{found['colour']} {found['shape']}" == ls.classnames[k], prompt
+        else:
+          assert found[keys[name]] == ls.classnames[k], prompt
+    # Every full caption of an example is among its class's prompts, except those of the
+    # templates without the slot (colour and shape apart) or with the slot after "a" (a vowel).
+    slot = {"colour+shape": "{colour} {shape}", "position": "{pos}"}.get(name, "{" + name + "}")
+    vowel = any(c[0] in "aeiou" for c in ls.classnames)
+    kept = [slot in t and not (vowel and f"a {slot}" in t) for t in CAPTION_TEMPLATES]
+    assert len(ls.templates) == len(set(ls.templates)) and any(kept)
+    for i in range(20):
+      ex = src[i]
+      row = set(ls.prompts()[ex["labels"][name]])
+      assert [cap in row for cap in ex["captions"]] == kept, (name, ex["captions"])
+  has_a_slot = any(p.startswith("a red ") for p in src.label_sets["colour"].prompts()[0])
+  assert has_a_slot == ("orange" not in colours)
+  assert src.label_sets.keys() == SyntheticShapes("test").label_sets.keys()
 
 
 def test_partial_captions_name_a_true_subset_and_change_nothing_else():

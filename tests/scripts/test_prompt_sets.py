@@ -1,0 +1,69 @@
+"""scripts/prompt_sets.py: its "default" row is the shipped base's own recorded check numbers,
+its table is built from the record, and it names a bad checkpoint."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BASE = REPO / "assets" / "bases" / "base_s0"
+
+
+def _script():
+  spec = importlib.util.spec_from_file_location("prompt_sets", REPO / "scripts/prompt_sets.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_default_prompts_give_the_base_cards_numbers():
+  card = json.loads((BASE / "card.json").read_text())
+  images = card["check"]["images"]
+  got = _script().evaluate(str(BASE), "test", images, prompt_sets=("default", "captions"))
+  for key, want in card["check"]["metrics"].items():
+    label_set = key.split("/")[2]
+    # One image of 200 may flip between machines (float32 reduction order), as in test_bases.
+    assert abs(got["default"][label_set] - 100 * want) <= 100 / images + 1e-6, (key, got)
+  assert set(got["captions"]) == set(got["default"])
+  assert "colour+shape/held_out" in got["captions"]
+
+
+def test_table_rows_and_means_come_from_the_record():
+  record = {
+    "split": "val",
+    "images": 10,
+    "prompt_sets": ["default", "captions"],
+    "runs": {
+      "a": {"default": {"colour": 90.0, "size": 50.0}, "captions": {"colour": 100.0, "size": 70.0}},
+      "b": {"default": {"colour": 80.0, "size": 60.0}, "captions": {"colour": 90.0, "size": 80.0}},
+    },
+  }
+  lines = _script().table(record).splitlines()
+  assert lines[0] == "| checkpoint | prompts | colour | size |"
+  assert "| a | captions | 100.0 | 70.0 |" in lines
+  assert lines[-2:] == [
+    "| mean of 2 | default | **85.0** | **55.0** |",
+    "| mean of 2 | captions | **95.0** | **75.0** |",
+  ]
+
+
+def test_a_missing_checkpoint_is_named(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    _script().main(["run", str(tmp_path / "nope"), "--out", str(tmp_path / "r.json")])
+  assert "nope" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="card.json"):
+    _script().evaluate(str(tmp_path), "val", 10)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_results_page_tables_are_generated_from_the_records(split):
+  record = json.loads((REPO / "docs/results" / f"prompt_sets_bases_{split}.json").read_text())
+  assert record["split"] == split and set(record["runs"]) == {"base_s0", "base_s1", "base_s2"}
+  page = (REPO / "docs" / "results.md").read_text()
+  tag = f"<!-- prompt-sets-bases-{split} -->\n"
+  start = page.index(tag) + len(tag)
+  assert page[start : page.index(f"<!-- /prompt-sets-bases-{split} -->")] == _script().table(
+    record
+  ), f"regenerate: python scripts/prompt_sets.py table docs/results/prompt_sets_bases_{split}.json"
