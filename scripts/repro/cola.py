@@ -25,6 +25,12 @@ COLA with steps and EOT draws raised level by level above PGD-20 × EOT-8 (40 ×
 steps × draws), each level a run that waits for the one below; the ladder table shows each
 level's robust accuracy and how far it moved from the level below. The attack counts as
 converged at the first level that moves it by less than 1 point (one image of 100).
+
+Black-box check (`SQUARE_ARGS`, base 0, view seed 0): Square at 5,000 queries (margin loss, one
+fresh view draw per query) on the first 20 of the same images, against the undefended model
+(transfer) and through COLA (adaptive); its record also carries the 80 × 16 ladder level's margin
+PGD on those 20 images, so the table shows whether a query-only attack finds what the gradient
+attack missed (a sign of gradient masking) or less.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ RICH_ARGS = (
   "label_set=colour+shape,templates=rich,components=64,n=100,eps=4,eot=4,attacks=pgd,"
   "adaptive=cola+cola_no_proj+views_proj+views_mean"
 )
+# Square at 5,000 queries on a subset (issue 20), with the ladder level it is compared with.
+SQUARE_ARGS = "label_set=shape,n=20,eps=4,attacks=square,queries=5000,adaptive=cola"
+SQUARE_IMAGES = 20
+SQUARE_VERSUS = "converge_80x16"
 RICH_VARIANTS = ("base", "views_mean", "cola_no_proj", "views_proj", "cola")
 
 
@@ -110,6 +120,17 @@ def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
         )
       )
       prev = name
+    out.append(
+      Run(
+        name="square_b0_s0",
+        config=f"configs/cola.py:{SQUARE_ARGS},ckpt={bases_lib.base_path(0, quick=False)}",
+        group="cola_square",
+        overrides=("--config.seed=0",),
+        deps=(SQUARE_VERSUS,),
+        seed=0,
+        base=bases_lib.base_name(0, quick=False),
+      )
+    )
     out += [
       Run(
         name=f"rich_b{b}_s0",
@@ -142,6 +163,12 @@ def metrics(run: Run, workdir: str) -> dict[str, float]:
   if run.group == "cola_strong":  # the same base and seed under the grid's PGD-10 x EOT-4
     weak = read_json(os.path.join(os.path.dirname(workdir), run.deps[0]), "summary.json")
     out["adaptive/pgd_eps4/cola@10x4"] = weak["adaptive"]["pgd_eps4"]["cola"]
+  if run.group == "cola_square":  # the gradient ladder's level on the same first images
+    level = read_json(os.path.join(os.path.dirname(workdir), run.deps[0]), "summary.json")
+    kept = level["robust_examples"]["pgd-margin_eps4/adaptive/cola"]
+    out["adaptive/pgd-margin_eps4/cola@ladder"] = (
+      sum(i < SQUARE_IMAGES for i in kept) / SQUARE_IMAGES
+    )
   if run.group in ("cola_strong", *(f"converge_{s}x{d}" for s, d in CONVERGE)):
     # The ladder: this level's margin-PGD number beside the level below it (the dep).
     margin = out["adaptive/pgd-margin_eps4/cola"]
@@ -204,6 +231,23 @@ TABLES = (
     RICH_VARIANTS,
     note="views_mean: views + mean logits (views only); cola_no_proj: views + OT; views_proj: "
     "views + Π; cola: views + Π + OT (full). Adaptive: PGD-10 × EOT-4 through each variant.",
+  ),
+  Table(
+    f"Black-box check at ε = 4/255: Square at 5,000 queries (margin loss) on the first "
+    f"{SQUARE_IMAGES} images of base_s0 (view seed 0) against the ladder's margin PGD on the same "
+    "images (%)",
+    (
+      Column("clean/{row}", "clean"),
+      Column("transfer/square_eps4/{row}", "Square transfer"),
+      Column("adaptive/square_eps4/{row}", "Square adaptive"),
+      Column("adaptive/pgd-margin_eps4/{row}@ladder", "PGD-80 × EOT-16 margin, adaptive"),
+      Column("worst/eps4/{row}", "worst case (Square)"),
+    ),
+    ("cola_square",),
+    ("base", "cola"),
+    note="Square: AutoAttack's schedule (p_init 0.8), one fresh view draw per query through "
+    "COLA. The PGD column is read from the `converge_80x16` run's per-image results. A Square "
+    "number below the PGD one would mean the gradient attack is masked.",
   ),
   Table(
     "Convergence ladder of the adaptive attack at ε = 4/255 (margin PGD through COLA, base_s0, "
