@@ -239,6 +239,7 @@ def train_config() -> mlc.ConfigDict:
   c.eval.batch_size = 256
   c.eval.max_examples = 1000  # per dataset
   c.eval.datasets = {"shapes_test": {"name": "synthetic", "split": "test", "seed": 0}}
+  c.eval.zeroshot_ensemble = "mean"  # class prompts: "mean" (CLIP) or "posterior" (their mass)
 
   c.stages = []  # optional [{"name", "steps", "method": {...}, "frozen": [...]}, ...]
   return c
@@ -304,9 +305,11 @@ def apply_shapes_recipe(config: mlc.ConfigDict, world: str = "shapes") -> mlc.Co
   config.model.overrides.text.eot_id = vocab - 1
   config.data.train = shapes_world(world, "train")
   config.data.context_length = shapes_context_length(world)
-  # Zero-shot prompts: every caption the world writes of a class, averaged (selected on the val
-  # split over the default and rich prompt sets: docs/results.md, "Prompt sets").
+  # Zero-shot prompts: every caption the world writes of a class, a class scored by its
+  # captions' share of the image->text softmax (selected on the val split over the default and
+  # rich prompt sets and over averaging the captions: docs/results.md, "Prompt sets").
   config.eval.datasets = {
     "shapes_test": {**shapes_world(world, "test"), "label_templates": "captions"}
   }
+  config.eval.zeroshot_ensemble = "posterior"
   return config

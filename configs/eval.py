@@ -44,6 +44,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.batch_size = 256  # images per batch
   c.max_examples = 2000  # per dataset (the first ones)
   c.datasets = {"shapes_test": {"name": "synthetic", "split": "test", "seed": 0}}
+  # How a class's prompts combine: "mean" (CLIP's averaged directions) or "posterior" (the
+  # class's share of the image->text softmax over all prompts; the shapes recipes' rule with
+  # the dataset option "label_templates": "captions").
+  c.zeroshot_ensemble = "mean"
   # White-box attacks on the zero-shot classifier of one label set per dataset.
   c.robustness = mlc.ConfigDict()
   c.robustness.label_set = ""  # "": each dataset's first label set; or a name every dataset has

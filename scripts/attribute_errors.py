@@ -24,7 +24,14 @@ import numpy as np
 
 
 def breakdown(
-  checkpoint: str, label_set: str, by: str, *, prompts: str, split: str, images: int
+  checkpoint: str,
+  label_set: str,
+  by: str,
+  *,
+  prompts: str,
+  split: str,
+  images: int,
+  ensemble: str = "mean",
 ) -> dict:
   """{value of `by`: {"n", "correct", "acc", "confusions": {"true -> predicted": count}}}."""
   from clipjax import model as model_lib
@@ -45,7 +52,12 @@ def breakdown(
   ls, grouping = sets[label_set], sets[by]
   tok = Tokenizer(runs.trained_tokenizer(checkpoint), spec["context_length"])
   clf = zeroshot.build_classifier(
-    lambda ids: model.encode_text(model.params, ids).emb, tok, ls.classnames, ls.templates
+    lambda ids: model.encode_text(model.params, ids).emb,
+    tok,
+    ls.classnames,
+    ls.templates,
+    logit_scale=float(np.exp(np.asarray(model.params["logit_scale"]))),
+    ensemble=ensemble,
   )
   n = min(images, len(source))
   examples = [source[i] for i in range(n)]
@@ -93,6 +105,7 @@ def main(argv=None) -> int:
   parser.add_argument("--label-set", default="size")
   parser.add_argument("--by", default="shape")
   parser.add_argument("--prompts", default="captions", choices=("default", "rich", "captions"))
+  parser.add_argument("--ensemble", default="mean", choices=("mean", "posterior"))
   parser.add_argument("--split", default="test", choices=("val", "test"))
   parser.add_argument("--images", type=int, default=1000)
   parser.add_argument("--out")
@@ -106,6 +119,7 @@ def main(argv=None) -> int:
     prompts=args.prompts,
     split=args.split,
     images=args.images,
+    ensemble=args.ensemble,
   )
   if args.out:
     with open(args.out, "w") as f:

@@ -1,10 +1,12 @@
-"""Zero-shot accuracy of shapes-world checkpoints under each prompt set (`label_templates`).
+"""Zero-shot accuracy of shapes-world checkpoints under each prompt set and ensembling rule.
 
-Measures, for every checkpoint (a run directory or an exported base) and every prompt set of the
+Measures, for every checkpoint (a run directory or an exported base), every prompt set of the
 shapes world ("default": three prompts per label set, "rich": twelve, "captions": every caption
-of the class), top-1 zero-shot accuracy per label set on the first N images of a split, and
-writes one JSON record; `--table` turns a record into the markdown table of docs/results.md.
-Choose prompts on `val`, report on `test`.
+of the class; `label_templates`) combined by averaging their directions ("mean", CLIP's rule),
+and the caption prompts also by their share of the image->text softmax ("posterior";
+`zeroshot.build_classifier`), top-1 zero-shot accuracy per label set on the first N images of a
+split, and writes one JSON record; `table` turns a record into the markdown table of
+docs/results.md. Choose on `val`, report on `test`.
 
   python scripts/prompt_sets.py run assets/bases/base_s0 assets/bases/base_s1 \
     assets/bases/base_s2 --split val --out docs/results/prompt_sets_val.json
@@ -19,7 +21,8 @@ import os
 import sys
 import time
 
-PROMPT_SETS = ("default", "rich", "captions")
+RULES = ("default/mean", "rich/mean", "captions/mean", "captions/posterior")
+"""The (prompt set)/(ensembling rule) pairs measured."""
 LABEL_SETS = ("colour", "size", "position", "shape", "colour+shape", "colour+shape/held_out")
 
 
@@ -39,8 +42,8 @@ def _training_world(checkpoint: str) -> dict:
   raise ValueError(f"{checkpoint}: neither config.json (a workdir) nor card.json (a base)")
 
 
-def evaluate(checkpoint: str, split: str, images: int, prompt_sets=PROMPT_SETS) -> dict:
-  """{prompt set: {label set: top-1 %}} for one checkpoint on the first `images` of `split`."""
+def evaluate(checkpoint: str, split: str, images: int, rules=RULES) -> dict:
+  """{rule: {label set: top-1 %}} for one checkpoint on the first `images` of `split`."""
   from clipjax import model as model_lib
   from clipjax import runs
   from clipjax.evaluation import suite
@@ -50,7 +53,8 @@ def evaluate(checkpoint: str, split: str, images: int, prompt_sets=PROMPT_SETS) 
   settings = runs.checkpoint_settings(checkpoint)
   data = settings["data"]
   out = {}
-  for prompts in prompt_sets:
+  for rule in rules:
+    prompts, ensemble = rule.split("/")
     start = time.time()
     metrics = suite.evaluate_datasets(
       model,
@@ -61,37 +65,38 @@ def evaluate(checkpoint: str, split: str, images: int, prompt_sets=PROMPT_SETS) 
       batch_size=100,
       max_examples=images,
       tokenizer=runs.trained_tokenizer(checkpoint),
+      zeroshot_ensemble=ensemble,
     )
     row = {}
     for key, value in metrics.items():
       parts = key.split("/")  # w/zeroshot/<label set>[/<subset>]/acc1
       if parts[1] == "zeroshot" and parts[-1] == "acc1":
         row["/".join(parts[2:-1])] = round(100 * float(value), 2)
-    out[prompts] = row
-    print(f"{checkpoint} {split} {prompts}: {time.time() - start:.0f} s {row}", file=sys.stderr)
+    out[rule] = row
+    print(f"{checkpoint} {split} {rule}: {time.time() - start:.0f} s {row}", file=sys.stderr)
   return out
 
 
 def table(record: dict) -> str:
-  """The markdown table of a record: one row per checkpoint and prompt set, then the mean."""
+  """The markdown table of a record: one row per checkpoint and rule, then the means."""
   cols = [
     c for c in LABEL_SETS if any(c in r for ck in record["runs"].values() for r in ck.values())
   ]
   lines = [
-    f"| checkpoint | prompts | {' | '.join(cols)} |",
+    f"| checkpoint | prompts / rule | {' | '.join(cols)} |",
     "|" + "---|" * (len(cols) + 2),
   ]
-  for name, by_prompts in record["runs"].items():
-    for prompts, row in by_prompts.items():
+  for name, by_rule in record["runs"].items():
+    for rule, row in by_rule.items():
       cells = " | ".join(f"{row[c]:.1f}" if c in row else "–" for c in cols)
-      lines.append(f"| {name} | {prompts} | {cells} |")
-  for prompts in record["prompt_sets"]:
-    rows = [ck[prompts] for ck in record["runs"].values()]
+      lines.append(f"| {name} | {rule} | {cells} |")
+  for rule in record["rules"]:
+    rows = [ck[rule] for ck in record["runs"].values()]
     means = []
     for c in cols:
       vals = [r[c] for r in rows if c in r]
       means.append(f"**{sum(vals) / len(vals):.1f}**" if vals else "–")
-    lines.append(f"| mean of {len(rows)} | {prompts} | {' | '.join(means)} |")
+    lines.append(f"| mean of {len(rows)} | {rule} | {' | '.join(means)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -116,7 +121,7 @@ def main(argv=None) -> int:
   record = {
     "split": args.split,
     "images": args.images,
-    "prompt_sets": list(PROMPT_SETS),
+    "rules": list(RULES),
     "runs": {
       os.path.basename(os.path.normpath(ck)): evaluate(ck, args.split, args.images)
       for ck in args.checkpoints

@@ -429,6 +429,7 @@ def evaluate_datasets(
   extras: dict[str, Any] | None = None,
   progress: bool = False,
   on_dataset: Callable[[str, dict[str, float]], None] | None = None,
+  zeroshot_ensemble: str = "mean",
 ) -> dict[str, float]:
   """Zero-shot and retrieval metrics, flat: `{dataset}/zeroshot/{label set}/acc1`, ...
 
@@ -450,6 +451,9 @@ def evaluate_datasets(
     progress: print per-stage progress lines with ETA (`clipjax.metrics.StageProgress`).
     on_dataset: called as `on_dataset(name, metrics so far)` when a dataset is done (the eval
       task saves finished parts with it).
+    zeroshot_ensemble: how a class's prompts combine, "mean" or "posterior"
+      (`zeroshot.build_classifier`); MSP selection follows it, partial-OT selection reads the
+      averaged directions either way.
   """
   lp_opts, probe_specs = None, {}
   if linear_probe is not None:
@@ -486,7 +490,7 @@ def evaluate_datasets(
       ls = label_sets[ls_name]
       return zeroshot.build_classifier(
         lambda x: enc_txt(host_params, x), tok, ls.classnames, ls.templates,
-        logit_scale=logit_scale,
+        logit_scale=logit_scale, ensemble=zeroshot_ensemble,
       )  # fmt: skip
 
     for ls_name, ls in label_sets.items():

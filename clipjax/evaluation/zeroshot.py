@@ -4,6 +4,14 @@ A `ZeroShotClassifier` holds one L2-normalised text embedding per class, built b
 ensembling as in OpenAI's notebook: embed every "template(classname)" prompt, L2-normalise, average
 over templates, renormalise. Logits are `logit_scale · zimg @ weightsᵀ` (OpenAI: 100).
 
+`ensemble="posterior"` keeps every prompt's embedding instead and scores a class by the log of
+the probability mass of its prompts under a softmax over all prompts at `logit_scale`:
+`logsumexp_t(logit_scale · zimg · e_ct) − log T`. With prompts that are full descriptions of one
+class each (the shapes world's `label_templates="captions"`: every caption of the class), this is
+the class posterior implied by CLIP's image→text probabilities, and an image is judged by the
+captions it matches best rather than by one averaged direction (docs/results.md, "Prompt sets").
+`weights_cd` stays the averaged directions, which OT inference methods read.
+
 OT inference methods (OT-CLIP's FGW/prior matching, COLA's per-class OT) replace the argmax by
 passing `score_fn(zimg_nd, classifier) -> scores_nc` to `evaluate_zeroshot`; transductive ones
 see a whole chunk of test embeddings at once (`score_chunk`, reported with the metrics).
@@ -12,6 +20,8 @@ see a whole chunk of test embeddings at once (`score_chunk`, reported with the m
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from clipjax.evaluation.common import l2_normalize, map_batches
@@ -35,12 +45,16 @@ class ZeroShotClassifier(NamedTuple):
     classnames: the C class names, in label order.
     templates: the templates that were ensembled.
     logit_scale: multiplier of the cosine similarities (OpenAI CLIP: 100).
+    ensemble: "mean" (CLIP's averaged class directions) or "posterior" (module docstring).
+    prompts_ctd: [C, T, d] L2-normalised prompt embeddings ("posterior" only, else None).
   """
 
   weights_cd: np.ndarray
   classnames: tuple[str, ...]
   templates: tuple[str, ...]
   logit_scale: float = 100.0
+  ensemble: str = "mean"
+  prompts_ctd: np.ndarray | None = None
 
   @property
   def num_classes(self) -> int:
@@ -49,8 +63,12 @@ class ZeroShotClassifier(NamedTuple):
   def logits(self, zimg_bd):
     """`logit_scale · zimg_bd @ weights_cdᵀ` -> [b, C]; zimg_bd should be L2-normalised.
 
-    Works on numpy and JAX arrays (jit-able, differentiable w.r.t. zimg_bd).
+    Works on numpy and JAX arrays (jit-able, differentiable w.r.t. zimg_bd). With
+    `ensemble="posterior"`: `logsumexp_t(logit_scale · zimg_bd · e_ct) − log T` instead.
     """
+    if self.ensemble == "posterior":
+      s_bct = self.logit_scale * jnp.einsum("bd,ctd->bct", zimg_bd, self.prompts_ctd)
+      return jax.nn.logsumexp(s_bct, axis=-1) - np.log(self.prompts_ctd.shape[1])
     return self.logit_scale * (zimg_bd @ self.weights_cd.T)
 
   def predict(self, zimg_bd):
@@ -96,6 +114,7 @@ def build_classifier(
   *,
   logit_scale: float = 100.0,
   batch_size: int = 256,
+  ensemble: str = "mean",
 ) -> ZeroShotClassifier:
   """Builds the template-ensembled zero-shot classifier.
 
@@ -106,10 +125,14 @@ def build_classifier(
     templates: strings with one "{}" for the class name.
     logit_scale: multiplier of cosine similarities in `logits`.
     batch_size: texts per `encode_text` call.
+    ensemble: "mean" (average the prompts' directions) or "posterior" (score a class by its
+      prompts' softmax mass; module docstring).
 
   Returns:
     ZeroShotClassifier with weights [C, d].
   """
+  if ensemble not in ("mean", "posterior"):
+    raise ValueError(f"ensemble must be 'mean' or 'posterior', got {ensemble!r}")
   classnames, templates = tuple(classnames), tuple(templates)
   if not classnames or not templates:
     raise ValueError(f"need classnames and templates, got {len(classnames)} and {len(templates)}")
@@ -121,7 +144,10 @@ def build_classifier(
     len(classnames), len(templates), -1
   )
   weights_cd = l2_normalize(emb_ctd.mean(axis=1))
-  return ZeroShotClassifier(weights_cd, classnames, templates, float(logit_scale))
+  prompts_ctd = emb_ctd if ensemble == "posterior" else None
+  return ZeroShotClassifier(
+    weights_cd, classnames, templates, float(logit_scale), ensemble, prompts_ctd
+  )
 
 
 ScoreFn = Callable[[np.ndarray, ZeroShotClassifier], Any]

@@ -146,6 +146,7 @@ def run(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     extras=extras,
     progress=True,
     on_dataset=save("clean"),
+    zeroshot_ensemble=config.zeroshot_ensemble,
   )
   if attacks:
     metrics.update(

@@ -43,6 +43,7 @@ class Evaluator:
       batch_size=self.config.eval.batch_size,
       max_examples=self.config.eval.max_examples,
       tokenizer=self.config.data.get("tokenizer", ""),
+      zeroshot_ensemble=self.config.eval.zeroshot_ensemble,
     )
 
 

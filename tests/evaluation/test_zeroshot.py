@@ -121,3 +121,32 @@ def test_classifier_logits_scale_and_jax_compat():
   z = jnp.asarray(w[[2, 0]])
   np.testing.assert_allclose(clf.logits(z), 100.0 * np.eye(3)[[2, 0]], atol=1e-5)
   np.testing.assert_array_equal(clf.predict(z), [2, 0])
+
+
+def test_posterior_ensemble_is_the_class_share_of_the_prompt_softmax():
+  """ensemble="posterior": log of a class's prompts' mass under a softmax over all prompts
+  (minus log T); one template reduces it to the mean rule; jit- and grad-able."""
+  import jax
+  import jax.numpy as jnp
+  from scipy.special import logsumexp, softmax
+
+  tokenize, encode_text, class_vec, template_vec, _ = text_side(3)
+  post = build_classifier(encode_text, tokenize, CLASSES, TEMPLATES, ensemble="posterior")
+  mean = build_classifier(encode_text, tokenize, CLASSES, TEMPLATES)
+  np.testing.assert_allclose(post.weights_cd, mean.weights_cd, atol=1e-7)
+  prompts = normalize(class_vec[:, None, :] + template_vec[None, :, :])  # [C, T, d]
+  np.testing.assert_allclose(post.prompts_ctd, prompts, atol=1e-6)
+  z = normalize(np.random.default_rng(0).normal(size=(6, D)))
+  s = post.logit_scale * np.einsum("bd,ctd->bct", z, prompts)
+  want = logsumexp(s, axis=-1) - np.log(len(TEMPLATES))
+  np.testing.assert_allclose(np.asarray(post.logits(z)), want, rtol=1e-5, atol=1e-4)
+  # The softmax over classes of these logits is the prompts' probability mass per class.
+  mass = softmax(s.reshape(6, -1), axis=1).reshape(s.shape).sum(-1)
+  np.testing.assert_allclose(softmax(np.asarray(post.logits(z)), axis=1), mass, atol=1e-5)
+  one = build_classifier(encode_text, tokenize, CLASSES, TEMPLATES[:1], ensemble="posterior")
+  base = build_classifier(encode_text, tokenize, CLASSES, TEMPLATES[:1])
+  np.testing.assert_allclose(np.asarray(one.logits(z)), base.logits(z), rtol=1e-5, atol=1e-4)
+  g = jax.jit(jax.grad(lambda x: post.logits(x)[:, 0].sum()))(jnp.asarray(z, jnp.float32))
+  assert g.shape == z.shape and np.isfinite(np.asarray(g)).all()
+  with pytest.raises(ValueError, match="ensemble"):
+    build_classifier(encode_text, tokenize, CLASSES, TEMPLATES, ensemble="max")

@@ -21,31 +21,37 @@ def _script():
 def test_default_prompts_give_the_base_cards_numbers():
   card = json.loads((BASE / "card.json").read_text())
   images = card["check"]["images"]
-  got = _script().evaluate(str(BASE), "test", images, prompt_sets=("default", "captions"))
+  got = _script().evaluate(str(BASE), "test", images, rules=("default/mean", "captions/posterior"))
   for key, want in card["check"]["metrics"].items():
     label_set = key.split("/")[2]
     # One image of 200 may flip between machines (float32 reduction order), as in test_bases.
-    assert abs(got["default"][label_set] - 100 * want) <= 100 / images + 1e-6, (key, got)
-  assert set(got["captions"]) == set(got["default"])
-  assert "colour+shape/held_out" in got["captions"]
+    assert abs(got["default/mean"][label_set] - 100 * want) <= 100 / images + 1e-6, (key, got)
+  assert set(got["captions/posterior"]) == set(got["default/mean"])
+  assert "colour+shape/held_out" in got["captions/posterior"]
 
 
 def test_table_rows_and_means_come_from_the_record():
   record = {
     "split": "val",
     "images": 10,
-    "prompt_sets": ["default", "captions"],
+    "rules": ["default/mean", "captions/posterior"],
     "runs": {
-      "a": {"default": {"colour": 90.0, "size": 50.0}, "captions": {"colour": 100.0, "size": 70.0}},
-      "b": {"default": {"colour": 80.0, "size": 60.0}, "captions": {"colour": 90.0, "size": 80.0}},
+      "a": {
+        "default/mean": {"colour": 90.0, "size": 50.0},
+        "captions/posterior": {"colour": 100.0, "size": 70.0},
+      },
+      "b": {
+        "default/mean": {"colour": 80.0, "size": 60.0},
+        "captions/posterior": {"colour": 90.0, "size": 80.0},
+      },
     },
   }
   lines = _script().table(record).splitlines()
-  assert lines[0] == "| checkpoint | prompts | colour | size |"
-  assert "| a | captions | 100.0 | 70.0 |" in lines
+  assert lines[0] == "| checkpoint | prompts / rule | colour | size |"
+  assert "| a | captions/posterior | 100.0 | 70.0 |" in lines
   assert lines[-2:] == [
-    "| mean of 2 | default | **85.0** | **55.0** |",
-    "| mean of 2 | captions | **95.0** | **75.0** |",
+    "| mean of 2 | default/mean | **85.0** | **55.0** |",
+    "| mean of 2 | captions/posterior | **95.0** | **75.0** |",
   ]
 
 
