@@ -23,9 +23,10 @@ Worlds (`clipjax.data.synthetic`, each with ground truth):
 
 Targets (issue 16): every single attribute >= 98 %, shape >= 85 %, held-out colour+shape
 >= 60 %, in <= 45 minutes on 2 CPU cores. Status: the recipe is the quickstart's at
-`steps` = 4x its length. Seeds 0-2 (shipped in assets/bases/) meet colour and position; shape
-for 2 of 3; size (90.7-97.6 %) and held-out colour+shape (52.6-57.8 %) for none
-(docs/results.md, "Reference base models").
+`steps` = 4x its length. Evaluated as the recipe now evaluates (caption prompts, posterior rule),
+seeds 0-2 (shipped in assets/bases/) meet every target: size 99.3-99.4 %, shape 93.3-94.8 %,
+held-out colour+shape 60.7-69.9 %; with the default prompts and CLIP's mean rule (their model
+cards) size and held-out colour+shape fall short (docs/results.md, "Reference base models").
 """
 
 import ml_collections as mlc

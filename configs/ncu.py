@@ -10,7 +10,8 @@ One config, one trainer. `variant` picks what runs from `model.init_checkpoint` 
   pretrain the reference model: a tiny CLIP trained from scratch on the noisy synthetic world.
 
 Commands (the small-scale reproduction of docs/results/ncu.md is `python scripts/reproduce.py
-ncu`, which runs these with hn_steps=20,ul_steps=80 and tabulates the seeds):
+ncu`, which fine-tunes reference bases trained on noisy pairs, `configs/base.py:noise=0.4`, with
+hn_steps=60,ul_steps=240,prompts=captions and tabulates the seeds):
   python -m clipjax.main --config configs/ncu.py:variant=pretrain --workdir /tmp/ncu_pre
   python -m clipjax.main --config configs/ncu.py:init=/tmp/ncu_pre --workdir /tmp/ncu_s0
   python -m clipjax.main --config configs/ncu.py:variant=ga,init=/tmp/ncu_pre --workdir /tmp/ga_s0
@@ -110,7 +111,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     lr=2e-4,
     code_defaults=False,
     stage_optimizer="auto",  # shared | fresh AdamW state per stage | auto (code: fresh)
+    # Zero-shot evaluation: "default" (the world's three prompts, CLIP's mean rule) or
+    # "captions" (every caption of a class, posterior rule: the reference bases' own evaluation,
+    # config_lib.apply_shapes_recipe).
+    prompts="default",
   )
+  if arg.prompts not in ("default", "captions"):
+    raise ValueError(f"prompts must be 'default' or 'captions', got {arg.prompts!r}")
   if arg.variant not in _VARIANTS:
     raise ValueError(f"variant must be one of {_VARIANTS}, got {arg.variant!r}")
   if arg.stage_optimizer not in _STAGE_OPTIMIZERS:
@@ -131,7 +138,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     "seed": 0,
     "corrupt": {"kind": "noisy", "fraction": arg.noise, "seed": 0},
   }
-  c.eval.datasets = {"clean_test": {"name": "synthetic", "split": "test", "seed": 0}}
+  test = {"name": "synthetic", "split": "test", "seed": 0}
+  if arg.prompts == "captions":
+    test["label_templates"] = "captions"
+    c.eval.zeroshot_ensemble = "posterior"
+  c.eval.datasets = {"clean_test": test}
   c.model.init_checkpoint = arg.init
   c.log_every_steps = 20
   code = arg.code_defaults

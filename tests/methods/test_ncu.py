@@ -551,3 +551,19 @@ def test_code_mode_plan_matches_the_official_100_iteration_accuracy(pos_cos):
   if pos_cos == 0.3:
     # The official loop stops on its own rule here, far below the paper mode's 1e-3.
     assert official < 0.1 * 1e-3 and int(aux["ot/n_iters"]) < 100
+
+
+def test_config_prompts_captions_is_the_reference_bases_evaluation():
+  """prompts=captions evaluates as configs/base.py does (caption prompts, posterior rule), so a
+  grid's base row and its fine-tunes share one protocol; anything else is refused."""
+  from clipjax import config_lib
+
+  _, default = _ncu_config("")
+  _, cap = _ncu_config("prompts=captions")
+  recipe = config_lib.apply_shapes_recipe(config_lib.train_config())
+  assert "label_templates" not in default.eval.datasets.clean_test
+  assert default.eval.zeroshot_ensemble == "mean"
+  assert cap.eval.datasets.clean_test.to_dict() == recipe.eval.datasets.shapes_test.to_dict()
+  assert cap.eval.zeroshot_ensemble == recipe.eval.zeroshot_ensemble == "posterior"
+  with pytest.raises(ValueError, match="prompts"):
+    _ncu_config("prompts=rich")
