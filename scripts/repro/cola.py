@@ -21,10 +21,11 @@ objective and the margin (CW) objective; its record also carries the PGD-10 × E
 same base and seed (`cola_b0_s0`), so the table shows how far the robust accuracy moved.
 
 Convergence ladder (`CONVERGE`, base 0, view seed 0): the margin-PGD adaptive attack through
-COLA with steps and EOT draws raised level by level above PGD-20 × EOT-8 (40 × 16, then 80 × 16
-steps × draws), each level a run that waits for the one below; the ladder table shows each
-level's robust accuracy and how far it moved from the level below. The attack counts as
-converged at the first level that moves it by less than 1 point (one image of 100).
+COLA with steps and EOT draws raised level by level above PGD-20 × EOT-8 (40 × 16, 80 × 16, then
+160 × 16 steps × draws), each level a run that waits for the one below; the ladder table shows
+each level's robust accuracy and how far it moved from the level below. The attack counts as
+converged at the first level that moves it by less than 1 point (one image of 100): 80 × 16 on
+base_s0 (160 × 16 moved it by 0).
 
 Black-box check (`SQUARE_ARGS`, base 0, view seed 0): Square at 5,000 queries (margin loss, one
 fresh view draw per query) on the first 20 of the same images, against the undefended model
@@ -50,7 +51,7 @@ STRONG_ARGS = (
 )
 # The convergence ladder above PGD-20 x EOT-8 (`STRONG_ARGS`): (steps, EOT draws) per level, the
 # margin objective only (the stronger of the two there), same base, view seed and images.
-CONVERGE = ((40, 16), (80, 16))
+CONVERGE = ((40, 16), (80, 16), (160, 16))
 # Where Π and OT can matter (issue 20): 30 colour+shape classes x 12 prompts = 360 text features
 # > the width 128, Π keeping C = 64 directions (the paper's C/width = 1/2); per base, view seed
 # 0, ε = 4/255; the four-way ablation (views only, + OT, + Π, full) under transfer and adaptive
