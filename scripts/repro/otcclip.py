@@ -8,8 +8,8 @@ so runs with one seed are paired), all `configs/otcclip.py:<SIZE>,...,seed=<s>,p
   attacks × `SEEDS` seeds;
 * attribution (backdoor, `ABLATION_SEEDS` seeds): OTCCLIP's
   `ABLATIONS` variants (`configs/otcclip.py` `variant=`): global-cosine re-matching with the same
-  losses, OT re-matching without the inter/intra terms, no re-matching (both terms), and the
-  collapsing intra form;
+  losses, OT and global-cosine re-matching without the inter/intra terms, no re-matching (both
+  terms, and each term alone), and the collapsing intra form;
 * lower poison rates: the backdoor at p = 0.01 and 0.02 (`LOW_RATES`) for every main method ×
   `SEEDS` seeds, beside the main grid's 0.05;
 * matching accuracy: OTCCLIP with the backdoor on `world=distinct` (captions name a second
@@ -52,7 +52,15 @@ METHODS = {
   "safeclip": "method=safeclip",
   "otcclip": "method=otcclip,match_alpha=0.5",
 }
-ABLATIONS = ("global_match", "match_only", "no_match", "intra_distance")
+ABLATIONS = (
+  "global_match",
+  "match_only",
+  "global_match_only",
+  "no_match",
+  "inter_only",
+  "intra_only",
+  "intra_distance",
+)
 # Lower backdoor rates (the paper's 1 % and 2 % beside the main grid's 5 %): group
 # `backdoor_<pct>pct/<method>`, every method, `SEEDS` seeds.
 LOW_RATES = (0.01, 0.02)
@@ -274,9 +282,11 @@ TABLES = (
     ),
     ("backdoor/otcclip", "backdoor/roclip", *(f"backdoor/{v}" for v in ABLATIONS)),
     note="global_match: global-cosine re-matching, same pool and losses; match_only: OT "
-    "re-matching, no inter/intra terms; no_match: inter + intra terms, no re-matching; "
-    "intra_distance: the collapsing intra form. Token diversity: mean pairwise (1 − cosine) "
-    "between an item's tokens at the last logged step (0 = collapsed).",
+    "re-matching, no inter/intra terms; global_match_only: global-cosine re-matching, no "
+    "inter/intra terms; no_match: inter + intra terms, no re-matching; inter_only / intra_only: "
+    "one term, no re-matching; intra_distance: the collapsing intra form. Token diversity: "
+    "mean pairwise (1 − cosine) between an item's tokens at the last logged step "
+    "(0 = collapsed).",
   ),
   Table(
     f"Matching accuracy on world={MATCHING_WORLD} (OTCCLIP, backdoor): how often re-matching "
