@@ -9,9 +9,9 @@ One config, one trainer. `variant` picks what runs from `model.init_checkpoint` 
            with ascent_weight=0 it only drops the forget set (a filtering baseline).
   pretrain the reference model: a tiny CLIP trained from scratch on the noisy synthetic world.
 
-Commands (the small-scale reproduction of docs/results/ncu.md is `python scripts/reproduce.py
-ncu`, which fine-tunes reference bases trained on noisy pairs, `configs/base.py:noise=0.4`, with
-hn_steps=60,ul_steps=240,prompts=captions and tabulates the seeds):
+The small-scale reproduction of docs/results/ncu.md is `python scripts/reproduce.py ncu`: it
+fine-tunes reference bases trained on noisy pairs (`configs/base.py:noise=0.4`) for 60 + 240
+steps, evaluated with caption prompts, and tabulates the seeds. Commands:
   python -m clipjax.main --config configs/ncu.py:variant=pretrain --workdir /tmp/ncu_pre
   python -m clipjax.main --config configs/ncu.py:init=/tmp/ncu_pre --workdir /tmp/ncu_s0
   python -m clipjax.main --config configs/ncu.py:variant=ga,init=/tmp/ncu_pre --workdir /tmp/ga_s0

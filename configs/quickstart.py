@@ -6,9 +6,10 @@ Command:
   # the same model on scikit-learn's handwritten digits (pip install 'clipjax[digits]'):
   python -m clipjax.main --config configs/quickstart.py:world=digits --workdir /tmp/qs_digits
 
-Expected: about 7.5 minutes on 2 CPU cores; the closing table shows zero-shot accuracy per label
-set (colour, size, position, shape, colour+shape) and image<->text R@1/R@5 on held-out data, each
-beside its chance level. Measured numbers are in docs/results.md.
+Expected: about 7 minutes on 2 CPU cores; the closing table shows zero-shot accuracy per label
+set (colour, size, position, shape, colour+shape; the world's caption prompts with the posterior
+rule, `config_lib.apply_shapes_recipe`) and image<->text R@1/R@5 on held-out data, each beside
+its chance level. Measured numbers are in docs/results.md.
 """
 
 import ml_collections as mlc

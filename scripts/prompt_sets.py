@@ -78,7 +78,8 @@ def evaluate(checkpoint: str, split: str, images: int, rules=RULES) -> dict:
 
 
 def table(record: dict) -> str:
-  """The markdown table of a record: one row per checkpoint and rule, then the means."""
+  """The markdown table of a record: one row per checkpoint and rule, then the means (with
+  more than one checkpoint)."""
   cols = [
     c for c in LABEL_SETS if any(c in r for ck in record["runs"].values() for r in ck.values())
   ]
@@ -90,7 +91,7 @@ def table(record: dict) -> str:
     for rule, row in by_rule.items():
       cells = " | ".join(f"{row[c]:.1f}" if c in row else "–" for c in cols)
       lines.append(f"| {name} | {rule} | {cells} |")
-  for rule in record["rules"]:
+  for rule in record["rules"] if len(record["runs"]) > 1 else ():
     rows = [ck[rule] for ck in record["runs"].values()]
     means = []
     for c in cols:

@@ -53,6 +53,8 @@ def test_table_rows_and_means_come_from_the_record():
     "| mean of 2 | default/mean | **85.0** | **55.0** |",
     "| mean of 2 | captions/posterior | **95.0** | **75.0** |",
   ]
+  del record["runs"]["b"]
+  assert _script().table(record).splitlines()[-1] == "| a | captions/posterior | 100.0 | 70.0 |"
 
 
 def test_a_missing_checkpoint_is_named(tmp_path, capsys):
@@ -63,13 +65,16 @@ def test_a_missing_checkpoint_is_named(tmp_path, capsys):
     _script().evaluate(str(tmp_path), "val", 10)
 
 
+@pytest.mark.parametrize("what", ["bases", "quickstart"])
 @pytest.mark.parametrize("split", ["val", "test"])
-def test_results_page_tables_are_generated_from_the_records(split):
-  record = json.loads((REPO / "docs/results" / f"prompt_sets_bases_{split}.json").read_text())
-  assert record["split"] == split and set(record["runs"]) == {"base_s0", "base_s1", "base_s2"}
+def test_results_page_tables_are_generated_from_the_records(what, split):
+  name = f"prompt_sets_{what}_{split}"
+  record = json.loads((REPO / "docs/results" / f"{name}.json").read_text())
+  runs = {"base_s0", "base_s1", "base_s2"} if what == "bases" else {"clipjax_quickstart"}
+  assert record["split"] == split and set(record["runs"]) == runs
   page = (REPO / "docs" / "results.md").read_text()
-  tag = f"<!-- prompt-sets-bases-{split} -->\n"
+  tag = f"<!-- {name.replace('_', '-')} -->\n"
   start = page.index(tag) + len(tag)
-  assert page[start : page.index(f"<!-- /prompt-sets-bases-{split} -->")] == _script().table(
-    record
-  ), f"regenerate: python scripts/prompt_sets.py table docs/results/prompt_sets_bases_{split}.json"
+  end = page.index(f"<!-- /{name.replace('_', '-')} -->")
+  want = _script().table(record)
+  assert page[start:end] == want, f"regenerate: python scripts/prompt_sets.py table {name}.json"
