@@ -206,6 +206,14 @@ def model_card(card: dict) -> str:
     got = [v for k, v in summary.items() if k.endswith(suffix)]
     if got:
       lines.append(f"| {label} | {_pct(got[0])} | – |")
+  lines += [
+    "",
+    "Zero-shot here uses the world's three default prompts per label set and CLIP's mean rule "
+    "(`tests/assets/test_bases.py` checks the 200-image column). The recipes evaluate with the "
+    "world's caption prompts and the posterior rule, which gives every base more on size, shape "
+    "and held-out colour+shape: docs/results.md, \"Prompt sets and the ensembling rule\" "
+    "(`scripts/prompt_sets.py`).",
+  ]
   lines += ["", "## Files", "", "| file | bytes | sha256 |", "|---|---|---|"]
   for name, f in card["files"].items():
     lines.append(f"| {name} | {f['bytes']} | `{f['sha256']}` |")
