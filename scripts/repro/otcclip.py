@@ -368,6 +368,15 @@ CLAIMS = (
     -1,
   ),
   Claim(
+    "OT > global re-matching, no terms (ASR)",
+    "the same comparison without the inter/intra terms: re-matching alone, OT vs global cosine",
+    "asr",
+    "asr",
+    ("backdoor/match_only",),
+    "backdoor/global_match_only",
+    -1,
+  ),
+  Claim(
     "OT finds the own caption",
     "OT re-ranking returns an image's own caption more often than global cosine",
     "acc_clean",
