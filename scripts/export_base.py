@@ -211,7 +211,7 @@ def model_card(card: dict) -> str:
     "Zero-shot here uses the world's three default prompts per label set and CLIP's mean rule "
     "(`tests/assets/test_bases.py` checks the 200-image column). The recipes evaluate with the "
     "world's caption prompts and the posterior rule, which gives every base more on size, shape "
-    "and held-out colour+shape: docs/results.md, \"Prompt sets and the ensembling rule\" "
+    "and held-out colour+shape: docs/results.md, section Prompt sets and the ensembling rule "
     "(`scripts/prompt_sets.py`).",
   ]
   lines += ["", "## Files", "", "| file | bytes | sha256 |", "|---|---|---|"]
