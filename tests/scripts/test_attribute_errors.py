@@ -1,21 +1,14 @@
 """scripts/attribute_errors.py: its per-group rows add up to the base card's recorded accuracy,
 and every error it lists is a real confusion of the label set."""
 
-import importlib.util
 import json
 import pathlib
 
+import attribute_errors
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BASE = REPO / "assets" / "bases" / "base_s0"
-
-
-def _script():
-  spec = importlib.util.spec_from_file_location("attr_err", REPO / "scripts/attribute_errors.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 def test_rows_add_up_to_the_cards_size_accuracy(tmp_path, capsys):
@@ -23,7 +16,7 @@ def test_rows_add_up_to_the_cards_size_accuracy(tmp_path, capsys):
   images = card["check"]["images"]
   out = tmp_path / "rows.json"
   args = [str(BASE), "--label-set", "size", "--by", "shape", "--prompts", "default"]
-  _script().main([*args, "--images", str(images), "--out", str(out)])
+  attribute_errors.main([*args, "--images", str(images), "--out", str(out)])
   rows = json.loads(out.read_text())["rows"]
   assert sum(r["n"] for r in rows.values()) == images
   correct = sum(r["correct"] for r in rows.values())
@@ -41,4 +34,6 @@ def test_rows_add_up_to_the_cards_size_accuracy(tmp_path, capsys):
 
 def test_unknown_label_set_is_named():
   with pytest.raises(ValueError, match="'texture'"):
-    _script().breakdown(str(BASE), "texture", "shape", prompts="default", split="test", images=4)
+    attribute_errors.breakdown(
+      str(BASE), "texture", "shape", prompts="default", split="test", images=4
+    )

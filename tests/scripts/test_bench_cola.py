@@ -1,23 +1,14 @@
 """scripts/bench_cola.py --small runs and reports well-formed, self-consistent timings."""
 
-import importlib.util
 import json
 import math
-import pathlib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _script():
-  spec = importlib.util.spec_from_file_location("bench_cola", REPO / "scripts/bench_cola.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+import bench_cola
 
 
 def test_small_run_reports_the_overhead_of_its_own_timings(tmp_path, capsys):
   out_path = tmp_path / "cola.json"
-  out = _script().main(["--small", "--ablations", "--out", str(out_path)])
+  out = bench_cola.main(["--small", "--ablations", "--out", str(out_path)])
   # The last stdout line is the result as JSON, and --out holds the same.
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert json.loads(last) == json.loads(out_path.read_text()) == json.loads(json.dumps(out))

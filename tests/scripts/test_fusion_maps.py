@@ -1,9 +1,8 @@
 """scripts/fusion_maps.py: per-map identity masses, checked on a model and a permuted copy."""
 
 import dataclasses
-import importlib.util
-import pathlib
 
+import fusion_maps
 import jax
 import numpy as np
 
@@ -11,20 +10,11 @@ from clipjax import fusion
 from clipjax import model as model_lib
 from clipjax.fusion import align as align_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _script():
-  spec = importlib.util.spec_from_file_location("fusion_maps", REPO / "scripts/fusion_maps.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
 
 def test_identity_masses_are_the_fixed_points_of_a_known_permutation():
   """Exact alignment of a permuted copy finds the permutation back: each map's identity mass is
   the fraction of units the permutation leaves in place (1.0 for the model itself)."""
-  script = _script()
+  script = fusion_maps
   sizes = {"vision.width": 32, "vision.heads": 4, "vision.layers": 2, "vision.mlp_dim": 64}
   model = model_lib.create("tiny", jax.random.key(0), **sizes)
   spec = fusion.vit_spec_for(model.config, residual="mean", head_mode="per_head")

@@ -1,27 +1,22 @@
 """scripts/prompt_sets.py: its "default" row is the shipped base's own recorded check numbers,
 its table is built from the record, and it names a bad checkpoint."""
 
-import importlib.util
 import json
 import pathlib
 
+import prompt_sets
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BASE = REPO / "assets" / "bases" / "base_s0"
 
 
-def _script():
-  spec = importlib.util.spec_from_file_location("prompt_sets", REPO / "scripts/prompt_sets.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def test_default_prompts_give_the_base_cards_numbers():
   card = json.loads((BASE / "card.json").read_text())
   images = card["check"]["images"]
-  got = _script().evaluate(str(BASE), "test", images, rules=("default/mean", "captions/posterior"))
+  got = prompt_sets.evaluate(
+    str(BASE), "test", images, rules=("default/mean", "captions/posterior")
+  )
   for key, want in card["check"]["metrics"].items():
     label_set = key.split("/")[2]
     # One image of 200 may flip between machines (float32 reduction order), as in test_bases.
@@ -46,7 +41,7 @@ def test_table_rows_and_means_come_from_the_record():
       },
     },
   }
-  lines = _script().table(record).splitlines()
+  lines = prompt_sets.table(record).splitlines()
   assert lines[0] == "| checkpoint | prompts / rule | colour | size |"
   assert "| a | captions/posterior | 100.0 | 70.0 |" in lines
   assert lines[-2:] == [
@@ -54,15 +49,15 @@ def test_table_rows_and_means_come_from_the_record():
     "| mean of 2 | captions/posterior | **95.0** | **75.0** |",
   ]
   del record["runs"]["b"]
-  assert _script().table(record).splitlines()[-1] == "| a | captions/posterior | 100.0 | 70.0 |"
+  assert prompt_sets.table(record).splitlines()[-1] == "| a | captions/posterior | 100.0 | 70.0 |"
 
 
 def test_a_missing_checkpoint_is_named(tmp_path, capsys):
   with pytest.raises(SystemExit):
-    _script().main(["run", str(tmp_path / "nope"), "--out", str(tmp_path / "r.json")])
+    prompt_sets.main(["run", str(tmp_path / "nope"), "--out", str(tmp_path / "r.json")])
   assert "nope" in capsys.readouterr().err
   with pytest.raises(ValueError, match="card.json"):
-    _script().evaluate(str(tmp_path), "val", 10)
+    prompt_sets.evaluate(str(tmp_path), "val", 10)
 
 
 @pytest.mark.parametrize("what", ["bases", "quickstart"])
@@ -76,5 +71,5 @@ def test_results_page_tables_are_generated_from_the_records(what, split):
   tag = f"<!-- {name.replace('_', '-')} -->\n"
   start = page.index(tag) + len(tag)
   end = page.index(f"<!-- /{name.replace('_', '-')} -->")
-  want = _script().table(record)
+  want = prompt_sets.table(record)
   assert page[start:end] == want, f"regenerate: python scripts/prompt_sets.py table {name}.json"
