@@ -4,13 +4,18 @@ Command:
   python -m clipjax.main --config configs/otclip.py:loss=fgw --workdir /tmp/otclip_fgw
   python -m clipjax.main --config configs/otclip.py:loss=dbot,smoke --workdir /tmp/otclip_smoke
   python -m clipjax.main --config configs/otclip.py:loss=infonce,small,steps=400 --workdir /tmp/b
+  python -m clipjax.main --config configs/otclip.py:loss=fgw,recipe,seed=1 --workdir /tmp/fgw_s1
 
 Arguments (after ':'): `loss` = entropic | dbot | uot | fgw | ufgw | infonce (CLIP's loss, the
 baseline); `infonce_weight` (0 = the OT loss alone, the paper's Table 1; 1 = the authors' released
 recipe, OT + InfoNCE summed); `temperature` = logit_scale (ε = 1/logit_scale, learned) | fixed
 (ε = `epsilon`, the released code's 0.01); `num_iters` (Sinkhorn K, released code 5); `grad` =
-unroll | implicit; `steps`; `small` (the 2-core reproduction model of docs/results/otclip.md);
-`seed`; `smoke`.
+unroll | implicit; `steps` (0: 1000, or with `recipe` the reference length, 4x the quickstart's);
+`recipe` (the reference recipe of `configs/base.py` — model, tokenizer, data, schedule and its
+evaluation — with this loss instead of InfoNCE: `loss=infonce,recipe,seed=s` is
+`configs/base.py:seed=s`, so the shipped bases are its InfoNCE runs); `world` (with `recipe`: a
+key of `config_lib.SHAPES_WORLDS`); `small` (a smaller model, the earlier 300-step grid of
+docs/results/otclip.md); `seed`; `smoke`.
 
 Choosing K: one Sinkhorn iteration is a column update *then* a row update, so `loss=entropic`
 with `num_iters=1` is not InfoNCE (its loss differs by several per cent). The paper's
@@ -51,17 +56,30 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     epsilon=0.01,
     num_iters=5,
     grad="unroll",
-    steps=1000,
+    steps=0,
+    recipe=False,
+    world="shapes",
     small=False,
     seed=0,
     smoke=False,
   )
   if arg.loss not in (*VARIANTS, "infonce"):
     raise ValueError(f"loss must be one of {[*VARIANTS, 'infonce']}, got {arg.loss!r}")
+  if arg.recipe and arg.small:
+    raise ValueError("recipe and small are two different models: pick one")
+  if arg.world != "shapes" and not arg.recipe:
+    raise ValueError(f"world={arg.world!r} needs recipe (the other configs train on shapes)")
   c = config_lib.train_config()
   c.seed = arg.seed
-  c.total_steps = arg.steps
   c.eval.every_steps = 0
+  if arg.recipe:
+    # configs/base.py's recipe and schedule, so that seeds pair with the reference bases.
+    config_lib.apply_shapes_recipe(c, arg.world)
+    c.total_steps = arg.steps or 4 * config_lib.QUICKSTART_STEPS
+    c.eval.every_steps = c.total_steps // 4
+    c.checkpoint.every_steps = c.total_steps // 8
+  else:
+    c.total_steps = arg.steps or 1000
   if arg.small:
     # Fits 5 runs of a few hundred steps into ~10 min on a busy 2-core machine.
     c.data.batch_size = 64
@@ -71,7 +89,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.model.overrides.text.update(width=64, layers=2, heads=2, mlp_dim=256)
     c.eval.max_examples = 512
     c.log_every_steps = 50
-    c.checkpoint.every_steps = arg.steps
+    c.checkpoint.every_steps = c.total_steps
   if arg.loss == "infonce":
     c.method.name = "clip"
   else:

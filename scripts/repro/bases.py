@@ -19,7 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED = "assets/bases"  # under the repository
 
 
-def _shipped(b: int, args: str, quick: bool) -> str | None:
+def shipped(b: int, args: str, quick: bool) -> str | None:
   """The shipped base of seed `b`, where the grid starts from it (full size, no variant)."""
   path = f"{SHIPPED}/base_s{b}"
   if quick or args or not (REPO / path / "card.json").exists():
@@ -29,7 +29,7 @@ def _shipped(b: int, args: str, quick: bool) -> str | None:
 
 def base_name(b: int, args: str = "", quick: bool = False) -> str:
   """The base's name in records: `base_s{b}` (shipped) or the workdir name of a trained base."""
-  if _shipped(b, args, quick):
+  if shipped(b, args, quick):
     return f"base_s{b}"
   tag = "".join(ch if ch.isalnum() else "_" for ch in args)
   return f"base{'_' + tag if tag else ''}_b{b}"
@@ -38,20 +38,20 @@ def base_name(b: int, args: str = "", quick: bool = False) -> str:
 def base_path(b: int, args: str = "", quick: bool = False) -> str:
   """What a config's `init=`/`ckpt=` gets: `{repo}/assets/bases/base_s{b}` (shipped) or
   `{root}/<workdir>` (the driver fills in both)."""
-  shipped = _shipped(b, args, quick)
-  return f"{{repo}}/{shipped}" if shipped else f"{{root}}/{base_name(b, args, quick)}"
+  path = shipped(b, args, quick)
+  return f"{{repo}}/{path}" if path else f"{{root}}/{base_name(b, args, quick)}"
 
 
 def base_deps(b: int, args: str = "", quick: bool = False) -> tuple[str, ...]:
   """The run a grid run from base `b` waits for (none for a shipped base)."""
-  return () if _shipped(b, args, quick) else (base_name(b, args, quick),)
+  return () if shipped(b, args, quick) else (base_name(b, args, quick),)
 
 
 def base_runs(bases: int, quick: bool, args: str = "") -> list[Run]:
   """The trainings of bases 0..bases-1 that are not shipped (toy-size `:smoke` when `quick`)."""
   out = []
   for b in range(bases):
-    if _shipped(b, args, quick):
+    if shipped(b, args, quick):
       continue
     arg = ",".join(a for a in ("smoke" if quick else "", args, f"seed={b}") if a)
     name = base_name(b, args, quick)

@@ -335,8 +335,8 @@ def render(
   ]
   if not records:
     lines += [
-      "**No records yet**: the grid has not been run with the driver; the results below this "
-      "section come from earlier hand-run scripts and are not regenerated.",
+      "**No records yet**: this grid has not been run with the driver; anything below this "
+      "section is earlier work and is not regenerated.",
       "",
       END,
     ]
