@@ -142,6 +142,25 @@ _CLAIMS = (
   ),
   ("NCU > GA", "NCU beats gradient ascent (mean zero-shot)", "zs_mean", "ncu", "ga", 1, ""),
   (
+    "NCU > filter",
+    "NCU beats the filtering baseline (drop the selected forget set, fine-tune on the rest)",
+    "zs_mean",
+    "ncu",
+    "filter",
+    1,
+    "",
+  ),
+  (
+    "NCU code mode > fine-tuning",
+    "NCU with the released code's trainable set and optimiser beats plain fine-tuning (mean "
+    "zero-shot)",
+    "zs_mean",
+    "ncu_code",
+    "clip",
+    1,
+    "",
+  ),
+  (
     "GA > fine-tuning",
     "gradient ascent beats plain fine-tuning (mean zero-shot)",
     "zs_mean",
