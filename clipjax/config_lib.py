@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib.util
+import os
+import types
 from typing import Any
 
 import ml_collections as mlc
@@ -21,6 +24,8 @@ __all__ = [
   "apply_shapes_recipe",
   "apply_smoke",
   "diff_configs",
+  "load",
+  "load_module",
   "parse_arg",
   "shapes_context_length",
   "shapes_world",
@@ -78,6 +83,30 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
       parsed = float(parsed)
     out[key] = parsed
   return out
+
+
+def load_module(path: str | os.PathLike) -> types.ModuleType:
+  """The config file `path` as a module (what `--config path` executes); errors name the file."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} not found")
+  name = "_clipjax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise AttributeError(f"config file {path!r} defines no get_config()")
+  return module
+
+
+def load(spec: str | os.PathLike) -> mlc.ConfigDict:
+  """The config `--config spec` names: `path` or `path:arg` (ml_collections' config-file form).
+
+  Example: `load("configs/base.py:seed=1")` is `configs/base.py`'s `get_config("seed=1")`.
+  """
+  path, _, arg = os.fspath(spec).partition(":")
+  module = load_module(path)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def unknown_key(config: Any, dotted: str) -> str | None:

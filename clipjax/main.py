@@ -7,7 +7,6 @@ Config overrides: `--config.optim.lr=3e-4`; a typo is an error with a suggestion
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from absl import app, flags, logging
@@ -47,11 +46,7 @@ def _load_config(argv: list[str]):
       spec = arg.split("=", 1)[1]
     else:
       continue
-    path, _, cfg_arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_clipjax_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(cfg_arg) if cfg_arg else module.get_config()
+    return config_lib.load(spec)
   return None
 
 

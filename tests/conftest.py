@@ -6,6 +6,8 @@ import time of the test session.
 
 import math
 import os
+import pathlib
+import sys
 
 # Tests are dominated by XLA compile time on CPU; the cheaper LLVM pipeline cut it by about a
 # third on tests/model, and changes results only by float32 rounding (tests use tolerances).
@@ -17,6 +19,11 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
+
+# Tests import scripts as modules (`import export_base`, `from repro import otclip`).
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+  sys.path.insert(0, str(SCRIPTS))
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -5,21 +5,16 @@ and a card.json whose check numbers `scripts/export_base.py` measured on the exp
 """
 
 import hashlib
-import importlib.util
 import json
 import pathlib
 
+import export_base
 import pytest
+
+from clipjax import config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BASES = sorted((ROOT / "assets" / "bases").glob("*/card.json"))
-
-
-def _export_script():
-  spec = importlib.util.spec_from_file_location("export_base", ROOT / "scripts/export_base.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 @pytest.mark.parametrize("card_path", BASES, ids=[p.parent.name for p in BASES])
@@ -37,19 +32,18 @@ def test_base_loads_and_matches_its_card(card_path):
   assert convert.detect_layout(state) == "openai"  # open_clip / OpenAI key names
   # A fine-tune or evaluation from this directory picks up its tokenizer by itself.
   assert runs.trained_tokenizer(str(base)) == str(base / "bpe.txt.gz")
-  script = _export_script()
-  got = script.check_metrics(base, card["data"]["test"], card["config"]["data"]["context_length"])
+  length = card["config"]["data"]["context_length"]
+  got = export_base.check_metrics(base, card["data"]["test"], length)
   want = card["check"]["metrics"]
   assert set(got) == set(want)
   # One image of 200 may flip between machines (float32 reduction order), no more.
   for key in want:
     assert abs(got[key] - want[key]) <= 1.0 / card["check"]["images"] + 1e-9, (key, got, want)
-  assert (base / "MODEL_CARD.md").read_text() == script.model_card(card)
+  assert (base / "MODEL_CARD.md").read_text() == export_base.model_card(card)
 
 
 def test_results_page_table_is_generated_from_the_cards():
-  script = _export_script()
-  table = script.bases_table([json.loads(p.read_text()) for p in BASES])
+  table = export_base.bases_table([json.loads(p.read_text()) for p in BASES])
   page = (ROOT / "docs" / "results.md").read_text()
   start = page.index("<!-- bases-table -->\n") + len("<!-- bases-table -->\n")
   assert page[start : page.index("<!-- /bases-table -->")] == table, (
@@ -58,10 +52,7 @@ def test_results_page_table_is_generated_from_the_cards():
 
 
 def _config(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return config_lib.load(f"{ROOT}/configs/{name}.py:{arg}")
 
 
 def test_checkpoint_settings_of_a_shipped_base_rebuild_its_model():

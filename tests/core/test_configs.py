@@ -1,22 +1,18 @@
 """Every shipped config builds, in full and :smoke form, for a task the CLI knows."""
 
 import glob
-import importlib.util
 import os
 
 import pytest
 
-from clipjax import tasks
+from clipjax import config_lib, tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 
 
 def _load(path):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_module(path)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -34,3 +30,15 @@ def test_config_builds(path, arg):
 def test_smoke_arg_typo_is_an_error():
   with pytest.raises(ValueError, match="Did you mean 'smoke'"):
     _load(os.path.join(REPO, "configs", "quickstart.py")).get_config("smok")
+
+
+def test_load_takes_the_config_flag_form(tmp_path):
+  """`config_lib.load("path:arg")` is what `--config path:arg` builds; bad files are named."""
+  c = config_lib.load(os.path.join(REPO, "configs", "base.py:seed=3,smoke"))
+  assert c.seed == 3 and c.total_steps == 4
+  assert config_lib.load(os.path.join(REPO, "configs", "base.py")).seed == 0
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    config_lib.load(str(tmp_path / "nope.py:smoke"))
+  (tmp_path / "empty.py").write_text("X = 1\n")
+  with pytest.raises(AttributeError, match=r"empty\.py.*get_config"):
+    config_lib.load(str(tmp_path / "empty.py"))

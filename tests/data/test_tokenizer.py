@@ -2,7 +2,6 @@
 
 import gzip
 import html
-import importlib.util
 import json
 import pickle
 import random
@@ -217,11 +216,8 @@ def test_build_bpe_is_lossless_and_matches_layout(tmp_path):
 
 def test_build_bpe_reproduces_committed_fixture(tmp_path):
   pytest.importorskip("tokenizers")
-  spec = importlib.util.spec_from_file_location(
-    "make_tokenizer_fixture", ROOT / "scripts" / "make_tokenizer_fixture.py"
-  )
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  import make_tokenizer_fixture as script
+
   path = build_bpe(script.tiny_corpus(), script.TINY_VOCAB_SIZE, tmp_path / "tiny.txt.gz")
   assert path.read_bytes() == (FIXTURES / "tiny_merges.txt.gz").read_bytes()
 

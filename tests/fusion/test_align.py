@@ -1,6 +1,5 @@
 """Fusion tests: specs, transport maps vs POT, OTFusion reference, permutation recovery."""
 
-import importlib.util
 import os
 
 import jax
@@ -9,7 +8,7 @@ import numpy as np
 import ot
 import pytest
 
-from clipjax import fusion
+from clipjax import config_lib, fusion
 from clipjax import tree as tree_lib
 from clipjax.fusion import align as align_lib
 from clipjax.fusion import spec as spec_lib
@@ -37,11 +36,7 @@ def outputs_close(model, p, q, pixels, atol=1e-5):
 
 
 def fuse_config():
-  path = os.path.join(REPO, "configs", "hotclip_fuse.py")
-  spec = importlib.util.spec_from_file_location("cfg_hotclip_fuse", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(None)
+  return config_lib.load(os.path.join(REPO, "configs", "hotclip_fuse.py"))
 
 
 @pytest.fixture(scope="module")

@@ -227,14 +227,11 @@ def test_tokenizer_comes_from_the_config_else_the_checkpoint_workdir(tmp_path):
 
 
 def _config(arg):
-  import importlib.util
   import pathlib
 
-  path = pathlib.Path(__file__).parents[2] / "configs" / "cola.py"
-  spec = importlib.util.spec_from_file_location("cola_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from clipjax import config_lib
+
+  return config_lib.load(f"{pathlib.Path(__file__).parents[2]}/configs/cola.py:{arg}")
 
 
 def _smoke_config():

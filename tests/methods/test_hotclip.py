@@ -1,6 +1,5 @@
 """HOT-CLIP submodels (TeCoA/FARE) and the `hotclip_fuse` task: oracle and limit cases, smokes."""
 
-import importlib.util
 import json
 import os
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from clipjax import methods, runs
+from clipjax import config_lib, methods, runs
 from clipjax import model as model_lib
 from clipjax.data.tokenizer import Tokenizer
 from clipjax.methods import hotclip
@@ -23,11 +22,7 @@ CLASSES = ["circle", "square", "triangle"]
 
 
 def _config(name, arg):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load(f"{REPO}/configs/{name}.py:{arg}")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """OTCCLIP, RoCLIP-style and SafeCLIP-style methods: oracle and limit tests, one smoke run."""
 
 import functools
-import importlib.util
 import json
 import pathlib
 
@@ -11,7 +10,7 @@ import numpy as np
 import ot as pot
 import pytest
 
-from clipjax import losses
+from clipjax import config_lib, losses
 from clipjax.methods import Embeddings, get, otcclip, rematching, safeclip
 from clipjax.ot import batched
 
@@ -477,10 +476,7 @@ def test_bad_arguments_are_named():
 
 
 def _load_config():
-  spec = importlib.util.spec_from_file_location("otcclip_cfg", ROOT / "configs" / "otcclip.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return config_lib.load_module(ROOT / "configs" / "otcclip.py")
 
 
 def test_backdoor_config_builds_backdoored_source():

@@ -1,22 +1,20 @@
 """scripts/repro/otclip.py: the recipe-length grid's InfoNCE row is the reference recipe, and its
 evaluation of a shipped base reproduces that base's recorded zero-shot numbers."""
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
 from repro import otclip
 
+from clipjax import config_lib
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BASE = REPO / "assets" / "bases" / "base_s0"
 
 
 def _config(path: str, arg: str):
-  spec = importlib.util.spec_from_file_location(f"cfg_{pathlib.Path(path).stem}", REPO / path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg).to_dict()
+  return config_lib.load(f"{REPO / path}:{arg}").to_dict()
 
 
 def test_recipe_infonce_is_the_reference_recipe():

@@ -1,18 +1,11 @@
 """scripts/repro/stats.py and grid.py: bootstrap CI, verdicts, mean ± std, paired claims, pages."""
 
-import importlib
 import json
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
-
-SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-stats = importlib.import_module("repro.stats")
-grid = importlib.import_module("repro.grid")
+from repro import grid, stats
 
 
 def test_mean_std_formatting():

@@ -2,7 +2,6 @@
 `--quick` runs one method's grid end to end (and resumes without re-running anything)."""
 
 import importlib
-import importlib.util
 import json
 import pathlib
 import re
@@ -11,11 +10,12 @@ import sys
 import types
 
 import pytest
+from repro import grid
+
+from clipjax import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "reproduce.py"
-sys.path.insert(0, str(REPO / "scripts"))
-grid = importlib.import_module("repro.grid")
 METHODS = ("otclip", "ncu", "otcclip", "cola", "hotclip")
 
 
@@ -42,10 +42,7 @@ def test_committed_page_is_generated_from_its_records(method):
 
 
 def _config(path: str, arg: str):
-  spec = importlib.util.spec_from_file_location(f"repro_cfg_{pathlib.Path(path).stem}", REPO / path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return config_lib.load(f"{REPO / path}:{arg}")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -165,13 +162,6 @@ def test_quick_cola_end_to_end_and_resume(tmp_path):
   )
 
 
-def _load_driver():
-  spec = importlib.util.spec_from_file_location("reproduce_driver", SCRIPT)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 # A stand-in for `python -m clipjax.main`: fails while WORKDIR.fail exists, else writes a
 # finished summary.json (or an unfinished one while WORKDIR.stop exists).
 _FAKE_RUN = """
@@ -188,7 +178,8 @@ done = not pathlib.Path(str(wd) + ".stop").exists()
 
 
 def test_execute_order_failure_and_resume(tmp_path, monkeypatch):
-  driver = _load_driver()
+  import reproduce as driver
+
   monkeypatch.setattr(
     driver,
     "train_command",

@@ -1,22 +1,15 @@
 """scripts/sweep_quickstart.py: a record is built from a workdir and tabulated without edits."""
 
-import importlib.util
 import json
 import pathlib
 import sys
 
+import sweep_quickstart as sweep
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _module():
-  spec = importlib.util.spec_from_file_location("sweep", REPO / "scripts" / "sweep_quickstart.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_record_and_table_from_a_workdir(tmp_path, capsys, monkeypatch):
-  sweep = _module()
   run = tmp_path / "t2"
   run.mkdir()
   config = {
