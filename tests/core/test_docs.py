@@ -75,6 +75,7 @@ PYTHON_SMOKE = {
     "run",
     {
       '"ViT-B-32.safetensors"': repr(str(FIXTURES / "openai.safetensors")),
+      '"configs/base.py:seed=1"': repr(f"{REPO}/configs/base.py:seed=1"),
       "import jax, clipjax.model": (
         "import jax, clipjax.model\nimport numpy as np\n"
         "pixels_bhwc = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)"
