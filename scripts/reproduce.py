@@ -15,7 +15,8 @@ writes `WORKDIR/repro_<function>.json`.
 
 Cost: each subprocess's CPU time (user + system, from `resource.getrusage(RUSAGE_CHILDREN)`
 deltas) and wall time are appended to `ROOT/timings/<run>.jsonl`, one line per attempt; a run's
-record sums its attempts.
+record sums its attempts. Ctrl-C or SIGTERM to the driver sends the run in progress SIGTERM (the
+trainer saves a checkpoint and exits), waits for it, and still appends that attempt's line.
 
 Records: after each run, a small JSON record (method, run, group, config and overrides, seed,
 base, git commit, the metrics its tables need, CPU/wall seconds) goes to `ROOT/records/<run>.json`;
@@ -38,6 +39,7 @@ import json
 import os
 import pathlib
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -103,8 +105,37 @@ def git_commit() -> str:
   return out.stdout.strip()
 
 
+GRACE_S = 300
+"""How long an interrupted run gets to save its checkpoint and exit before it is killed."""
+
+
+def terminate_on_sigterm() -> None:
+  """SIGTERM -> SystemExit in the driver, so `timed_call` stops the run in progress cleanly."""
+
+  def handler(signum, frame):
+    del frame
+    raise SystemExit(128 + signum)
+
+  signal.signal(signal.SIGTERM, handler)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+  """Asks an interrupted run to save and exit (SIGTERM: the trainer checkpoints), else kills it."""
+  try:
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=GRACE_S)
+  except BaseException:  # the grace period ran out, or a second interrupt
+    proc.kill()
+    proc.wait()
+
+
 def timed_call(cmd: list[str], log_path: pathlib.Path, timings: pathlib.Path, step: str) -> dict:
-  """Runs `cmd` (output to log_path); appends its CPU/wall seconds and commit to timings."""
+  """Runs `cmd` (output to log_path); appends its CPU/wall seconds and commit to timings.
+
+  An interrupted driver (Ctrl-C, SIGTERM) stops the run through `_stop` and still appends the
+  attempt's seconds, marked `"interrupted": true`, so a resumed run's record counts them.
+  """
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(REPO), str(REPO / "scripts"), env.get("PYTHONPATH", "")) if p
@@ -112,24 +143,33 @@ def timed_call(cmd: list[str], log_path: pathlib.Path, timings: pathlib.Path, st
   commit = git_commit()  # the code this attempt runs (the tree may change while a grid runs)
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
   start = time.time()
+  interrupted = False
   with open(log_path, "a") as log:
     log.write("$ " + " ".join(cmd) + "\n")
     log.flush()
-    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
-  entry = {
-    "step": step,
-    "rc": rc,
-    "cpu_s": round(
-      (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-      2,
-    ),
-    "wall_s": round(time.time() - start, 2),
-    "load_avg_1m": round(os.getloadavg()[0], 2),
-    "commit": commit,
-  }
-  with open(timings, "a") as f:
-    f.write(json.dumps(entry) + "\n")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    try:
+      proc.wait()
+    except BaseException:
+      interrupted = True
+      _stop(proc)
+      raise
+    finally:
+      after = resource.getrusage(resource.RUSAGE_CHILDREN)
+      entry = {
+        "step": step,
+        "rc": proc.returncode,
+        "cpu_s": round(
+          (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+          2,
+        ),
+        "wall_s": round(time.time() - start, 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "commit": commit,
+        **({"interrupted": True} if interrupted else {}),
+      }
+      with open(timings, "a") as f:
+        f.write(json.dumps(entry) + "\n")
   return entry
 
 
@@ -257,6 +297,7 @@ def main(argv: list[str]) -> None:
   if argv[:1] == ["_evaluate"]:
     _evaluate_main(argv[1:])
     return
+  terminate_on_sigterm()
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("method", choices=METHODS)
   p.add_argument("--quick", action="store_true", help="toy-size grid (smoke configs, 1 seed)")

@@ -3,10 +3,13 @@
 
 import importlib
 import json
+import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -219,3 +222,42 @@ def test_execute_order_failure_and_resume(tmp_path, monkeypatch):
   assert [json.loads(x)["rc"] for x in lines] == [3, 0, 0]
   assert fine["cpu_s"] == pytest.approx(sum(json.loads(x)["cpu_s"] for x in lines), abs=0.2)
   assert fine["cpu_s"] > 0 and fine["wall_s"] >= fine["cpu_s"] / 4
+
+
+# A stand-in for a trainer: on SIGTERM it "saves" (writes RUN.saved) and exits; until then it
+# burns CPU.
+_SAVING_RUN = """
+import pathlib, signal, sys
+run = pathlib.Path(sys.argv[1])
+def save(signum, frame):
+  run.with_suffix(".saved").write_text(signal.Signals(signum).name)
+  sys.exit(0)
+signal.signal(signal.SIGTERM, save)
+run.with_suffix(".started").write_text("")
+x = 0
+while True:
+  x += 1
+"""
+
+
+def test_interrupted_driver_lets_the_run_save_and_keeps_its_seconds(tmp_path):
+  """SIGTERM to the driver: the run gets SIGTERM (and saves), and its attempt is still timed."""
+  run, timings = tmp_path / "run", tmp_path / "run.jsonl"
+  cmd = [sys.executable, "-c", _SAVING_RUN, str(run)]
+  code = (
+    "import reproduce; reproduce.terminate_on_sigterm(); "
+    f"reproduce.timed_call({cmd!r}, {str(tmp_path / 'log')!r}, {str(timings)!r}, 'train')"
+  )
+  env = {**os.environ, "PYTHONPATH": str(REPO / "scripts")}
+  driver = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env)
+  deadline = time.time() + 120
+  while not run.with_suffix(".started").exists():
+    assert time.time() < deadline and driver.poll() is None, "the run never started"
+    time.sleep(0.1)
+  time.sleep(1.0)
+  driver.send_signal(signal.SIGTERM)
+  assert driver.wait(timeout=120) == 128 + signal.SIGTERM
+  assert run.with_suffix(".saved").read_text() == "SIGTERM"
+  (entry,) = [json.loads(line) for line in timings.read_text().splitlines()]
+  assert entry["interrupted"] is True and entry["step"] == "train" and entry["rc"] == 0
+  assert entry["cpu_s"] > 0.05 and entry["wall_s"] >= 1.0  # the run's busy second is counted
