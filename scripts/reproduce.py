@@ -152,6 +152,12 @@ def timed_call(cmd: list[str], log_path: pathlib.Path, timings: pathlib.Path, st
       proc.wait()
     except BaseException:
       interrupted = True
+      print(
+        f"interrupted: the run saves a checkpoint and exits (≤ {GRACE_S} s); the same command "
+        "resumes it",
+        file=sys.stderr,
+        flush=True,
+      )
       _stop(proc)
       raise
     finally:
