@@ -50,27 +50,14 @@ _EVAL_ONLY = (
 
 
 def _run(loss: str, s: int, quick: bool, eval_args: dict) -> Run:
-  name, size = f"{loss}_s{s}", "recipe,smoke" if quick else "recipe"
+  common = dict(name=f"{loss}_s{s}", group=loss, seed=s, evaluate="infer", eval_args=eval_args)
   shipped = bases_lib.shipped(s, "", quick) if loss == "infonce" else None
   if shipped:
     # The recipe's InfoNCE run of this seed exists: record which checkpoint `infer` reads.
-    return Run(
-      name=name,
-      config="configs/eval.py",
-      group=loss,
-      overrides=(f"--config.checkpoint={{repo}}/{shipped}", *_EVAL_ONLY),
-      seed=s,
-      evaluate="infer",
-      eval_args=eval_args,
-    )
-  return Run(
-    name=name,
-    config=f"configs/otclip.py:loss={loss},{size},seed={s}",
-    group=loss,
-    seed=s,
-    evaluate="infer",
-    eval_args=eval_args,
-  )
+    overrides = (f"--config.checkpoint={{repo}}/{shipped}", *_EVAL_ONLY)
+    return Run(config="configs/eval.py", overrides=overrides, **common)
+  size = "recipe,smoke" if quick else "recipe"
+  return Run(config=f"configs/otclip.py:loss={loss},{size},seed={s}", **common)
 
 
 def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
@@ -138,7 +125,8 @@ def infer(workdir: str, n_test: int, n_longtail: int, aa_grid: list[float]) -> d
   model = model_lib.load(ckpt)
   params = model.params
   data = runs.checkpoint_settings(ckpt)["data"]
-  tok = Tokenizer(runs.trained_tokenizer(ckpt), context_length=data["context_length"])
+  merges = runs.trained_tokenizer(ckpt)
+  tok = Tokenizer(merges, context_length=data["context_length"])
   scale = float(np.exp(np.asarray(params["logit_scale"])))
   eps = 1.0 / scale
   enc_txt = jax.jit(lambda p, x: model.encode_text(p, x).emb)
@@ -155,7 +143,7 @@ def infer(workdir: str, n_test: int, n_longtail: int, aa_grid: list[float]) -> d
     context_length=data["context_length"],
     batch_size=250,
     max_examples=n_test,
-    tokenizer=runs.trained_tokenizer(ckpt),
+    tokenizer=merges,
     zeroshot_ensemble="posterior",
   )
 
