@@ -234,7 +234,7 @@ def execute(method: str, module, runs: list[grid_lib.Run], root: pathlib.Path, q
     log = root / "logs" / f"{run.name}.log"
     timings = root / "timings" / f"{run.name}.jsonl"
     if not is_finished(run, workdir):
-      state = "resuming" if workdir.exists() else "training"
+      state = "resuming" if workdir.exists() else "running"
       print(f"{tag}: {state} ({_fill(run.config, root)}) ...", flush=True)
       e = timed_call(train_command(run, root), log, timings, "train")
       if e["rc"] != 0 or not is_finished(run, workdir):

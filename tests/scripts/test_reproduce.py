@@ -138,7 +138,7 @@ def test_write_docs_refuses_quick(tmp_path):
 def test_quick_cola_end_to_end_and_resume(tmp_path):
   root = tmp_path / "cola"
   out = _driver("cola", "--quick", "--root", str(root))
-  assert "[1/2] cola base_b0: training" in out and "[2/2] cola cola_b0_s0: training" in out
+  assert "[1/2] cola base_b0: running" in out and "[2/2] cola cola_b0_s0: running" in out
   records = json.loads((root / "cola.records.json").read_text())["records"]
   assert [r["run"] for r in records] == ["base_b0", "cola_b0_s0"]
   for r in records:
@@ -157,7 +157,7 @@ def test_quick_cola_end_to_end_and_resume(tmp_path):
   # A lost record of a finished workdir is re-extracted without re-running the run.
   (root / "records" / "cola_b0_s0.json").unlink()
   out = _driver("cola", "--quick", "--root", str(root))
-  assert "cola_b0_s0: training" not in out and "cola_b0_s0: resuming" not in out
+  assert "cola_b0_s0: running" not in out and "cola_b0_s0: resuming" not in out
   assert (root / "timings" / "cola_b0_s0.jsonl").read_text() == timings
   assert (
     json.loads((root / "cola.records.json").read_text())["records"][1]["metrics"]
