@@ -42,6 +42,10 @@ ROWS = {
   "v3_50": "variant=v3,prompt_scale=50.0",
   "v4_50": "variant=v4,prompt_scale=50.0",
 }
+# The rows of the first claims run first, then the rest in ROWS' order (which the tables keep),
+# so a partly run noise level already has those claims' pairs.
+FIRST = ("clip", "ncu", "filter", "ga")
+RUN_ORDER = (*FIRST, *(row for row in ROWS if row not in FIRST))
 _PREFIX = "clean_test/"
 LABEL_SETS = ("colour", "size", "position", "shape", "colour+shape")
 RETRIEVAL = {
@@ -68,7 +72,8 @@ def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
     for b, base_run in enumerate(trained):
       base = base_run.name
       out.append(dataclasses.replace(base_run, group=f"base@{pct}"))
-      for row, args in ROWS.items():
+      for row in RUN_ORDER:
+        args = ROWS[row]
         for s in range(seeds if b == 0 else 1):
           out.append(
             Run(
