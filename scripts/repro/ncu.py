@@ -7,8 +7,9 @@ runs of the grid, `repro.bases`). From each base every row fine-tunes on the sam
 the same schedule (`SCHEDULE`: 60 + 240 steps; never compare rows trained for different steps),
 3 seeds on base 0 and one on each other base. Rows: plain fine-tuning, its clean-data oracle,
 gradient ascent, dropping the forget set (`filter`), NCU in paper and code (`code_defaults=True`)
-mode, and at `prompt_scale=50` NCU and the V3/V4 ablations. Forget-set precision/recall average
-the logged steps of stage "unlearn" (NCU and its ablations) or of the whole run (gradient
+mode, and at `prompt_scale=50` NCU and the V3/V4 ablations; at 20 % also NCU with the forget
+fraction matched to the noise (`ncu_p20`, P = 0.2 instead of 0.4). Forget-set precision/recall
+average the logged steps of stage "unlearn" (NCU and its ablations) or of the whole run (gradient
 ascent). Tables and claims are per noise level (groups `<row>@40`, `<row>@20`).
 
 The page's earlier grid (a 300-step toy pre-training at 40 % noise, 100-step fine-tunes) is kept
@@ -42,6 +43,15 @@ ROWS = {
   "v3_50": "variant=v3,prompt_scale=50.0",
   "v4_50": "variant=v4,prompt_scale=50.0",
 }
+# noise level -> rows run only at that level. At 20 % the default forget fraction P = 0.4 is
+# twice the noisy share, so half of the forget set is clean pairs; `ncu_p20` matches P to it.
+LEVEL_ROWS = {20: {"ncu_p20": "variant=ncu,forget_fraction=0.2"}}
+
+
+def _rows(pct: int) -> dict[str, str]:
+  return {**ROWS, **LEVEL_ROWS.get(pct, {})}
+
+
 # The rows of the first claims run first, then the rest in ROWS' order (which the tables keep),
 # so a partly run noise level already has those claims' pairs.
 FIRST = ("clip", "ncu", "filter", "ga")
@@ -72,8 +82,9 @@ def grid(quick: bool, seeds: int, bases: int) -> list[Run]:
     for b, base_run in enumerate(trained):
       base = base_run.name
       out.append(dataclasses.replace(base_run, group=f"base@{pct}"))
-      for row in RUN_ORDER:
-        args = ROWS[row]
+      rows = _rows(pct)
+      for row in (*RUN_ORDER, *LEVEL_ROWS.get(pct, {})):
+        args = rows[row]
         for s in range(seeds if b == 0 else 1):
           out.append(
             Run(
@@ -116,10 +127,12 @@ TABLES = tuple(
     f"{pct} % noisy pairs: clean held-out test, zero-shot top-1 and retrieval (%), forget-set "
     "precision/recall (%)",
     _COLUMNS,
-    (f"base@{pct}", *(f"{row}@{pct}" for row in ROWS)),
+    (f"base@{pct}", *(f"{row}@{pct}" for row in _rows(pct))),
     note=f"`base@{pct}`: the reference bases (configs/base.py:noise={pct / 100:g}) before any "
     "fine-tuning; every other row fine-tunes them for the same 300 steps on the same noisy data "
-    "(`clip_clean@`: on the clean data, the oracle).",
+    "(`clip_clean@`: on the clean data, the oracle"
+    + ("; `ncu_p20@`: NCU with the forget fraction P = 0.2, the noisy share" * (pct in LEVEL_ROWS))
+    + ").",
   )
   for pct in NOISE
 )
@@ -206,4 +219,27 @@ CLAIMS = tuple(
   )
   for pct in NOISE
   for name, text, metric, a, b, direction, paper in _CLAIMS
+) + (
+  Claim(
+    "NCU, P = noise > fine-tuning (20 %)",
+    "NCU with the forget fraction matched to the noisy share (P = 0.2) beats plain fine-tuning, "
+    "20 % noisy pairs (mean zero-shot)",
+    "zs_mean",
+    "zs_mean",
+    ("ncu_p20@20",),
+    "clip@20",
+    1,
+    _PAPER_ZS,
+  ),
+  Claim(
+    "NCU, P = noise > NCU, P = 0.4 (20 %)",
+    "matching the forget fraction to the noisy share (P = 0.2) beats the default P = 0.4, 20 % "
+    "noisy pairs (mean zero-shot)",
+    "zs_mean",
+    "zs_mean",
+    ("ncu_p20@20",),
+    "ncu@20",
+    1,
+    "",
+  ),
 )
